@@ -1,0 +1,3 @@
+from capsrobust.cli import entry_point
+
+entry_point()

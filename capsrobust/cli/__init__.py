@@ -1,0 +1,45 @@
+"""The `capsrobust` command line. Subcommands live in modules named after them; heavy imports wait until a
+subcommand runs, so `--help` answers at once."""
+
+import argparse
+import sys
+
+from capsrobust import __version__
+from capsrobust.cli import models, test, train
+
+COMMANDS = (train, test, models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capsrobust",
+        description="Adversarial robustness of capsule networks vs CNNs: train, store, attack, compare.")
+    parser.add_argument("--version", action="version", version=f"capsrobust {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one command; user errors print one line and return 2, an interrupt returns 130."""
+    args = build_parser().parse_args(argv)
+    from capsrobust.backend import start_backend_quietly
+    from capsrobust.errors import CapsrobustError
+
+    start_backend_quietly()
+
+    try:
+        return args.run(args)
+    except CapsrobustError as error:
+        from capsrobust.console import err_console
+
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Argument types and argument groups shared by the subcommands. Bad values fail in argparse with one line."""
+
+import argparse
+import json
+import math
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def config_item(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` with VALUE parsed as JSON when it is JSON (`routings=2`, `decoder_units=[256,512]`)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", metavar="DIR",
+                       help="directory with the 4 canonical .gz files (in DIR/<dataset>/ or DIR itself); "
+                            "default: $CAPSROBUST_DATA, then ~/.cache/capsrobust/data, then download")
+    group.add_argument("--subset", action="store_true", default=None,
+                       help="use the small real subset bundled with capsrobust (4,000 train / 1,000 test images)")
+    group.add_argument("--limit", type=positive_int, metavar="N", help="use at most N images")
+
+
+def add_store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="DIR", help="trained-model store (default: $CAPSROBUST_HOME or ~/.capsrobust)")

@@ -1,0 +1,53 @@
+"""`capsrobust models`: the model registry and the trained-model store."""
+
+import argparse
+
+from capsrobust.cli.args import add_store_arg
+
+HELP = "list the registered models and the trained models in the store"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("models", help=HELP, description=HELP)
+    add_store_arg(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from rich.table import Table
+
+    from capsrobust.console import console
+    from capsrobust.models import create_model, get_model_spec, list_models
+    from capsrobust.store import ModelStore
+
+    registry = Table(title="model registry")
+    for column in ("name", "family", "parameters", "description"):
+        registry.add_column(column, justify="right" if column == "parameters" else "left")
+    for name in list_models():
+        spec = get_model_spec(name)
+        registry.add_row(name, spec.family, f"{create_model(name).count_params():,}", spec.description)
+    console.print(registry)
+
+    store = ModelStore(args.store)
+    entries = store.entries()
+    trained = Table(title=f"trained models in {store.models_dir}")
+    trained.add_column("id", no_wrap=True)
+    for column in ("model", "data set", "epochs", "val acc", "test acc", "backend", "trained", "status"):
+        trained.add_column(column)
+    for entry in entries:
+        card = entry.card
+        metrics, training, data = card.get("metrics", {}), card.get("training", {}), card.get("dataset", {})
+        status = f"[red]broken: {entry.problem}[/]" if entry.problem else "[green]ok[/]"
+        source = " (subset)" if data.get("source") == "subset" else ""
+        trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", str(training.get("epochs_completed", "")),
+                        _fraction(metrics.get("val_accuracy")), _fraction(metrics.get("test_accuracy")),
+                        card.get("backend", ""), card.get("created", "")[:16].replace("T", " "), status)
+    if entries:
+        console.print(trained)
+    else:
+        console.print(f"no trained models in {store.models_dir} yet; train one with `capsrobust train mnist`")
+    return 0
+
+
+def _fraction(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else ""

@@ -1,0 +1,52 @@
+"""`capsrobust test`: test accuracy of a stored model."""
+
+import argparse
+import time
+
+from capsrobust.cli.args import add_data_args, add_store_arg, positive_int
+
+HELP = "test accuracy of a trained model from the store"
+EXAMPLES = """examples:
+  capsrobust test --model capsnet --dataset mnist      the best stored capsnet trained on MNIST
+  capsrobust test --model capsnet-mnist-20261121-101500-a1b2c3 --subset
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("test", help=HELP, description=HELP, epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="capsnet",
+                        help="registered model name (its best stored entry) or a store entry id; default capsnet")
+    parser.add_argument("--dataset", help="data set the model was trained on (default: any; the entry's own)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (256)")
+    add_data_args(parser)
+    add_store_arg(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from rich.table import Table
+
+    from capsrobust.console import console
+    from capsrobust.data import load_dataset
+    from capsrobust.models.predict import accuracy
+    from capsrobust.store import ModelStore
+
+    store = ModelStore(args.store)
+    entry = store.resolve(args.model, dataset=args.dataset)
+    trained_on = entry.card["dataset"]
+    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset)
+    images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
+    model = store.load(entry)
+    started = time.perf_counter()
+    test_accuracy = accuracy(model, images, labels, args.batch_size)
+    seconds = time.perf_counter() - started
+
+    table = Table(title=f"test accuracy of {entry.id}")
+    for column in ("model", "data set", "images", "accuracy", "error", "img/s"):
+        table.add_column(column, justify="right" if column not in ("model", "data set") else "left")
+    table.add_row(entry.model, f"{dataset.name} test ({dataset.source})", str(len(images)), f"{test_accuracy:.4f}",
+                  f"{100 * (1 - test_accuracy):.2f}%", f"{len(images) / seconds:.0f}")
+    console.print(table)
+    return 0

@@ -1,0 +1,164 @@
+"""`capsrobust train`: train a registered model and land it in the store."""
+
+import argparse
+import dataclasses
+import datetime
+
+from capsrobust.cli.args import add_data_args, add_store_arg, config_item, non_negative_int, positive_float, positive_int
+
+HELP = "train a model from the registry and save it in the trained-model store"
+EXAMPLES = """examples:
+  capsrobust train mnist                                    CapsNet (paper configuration) on full MNIST
+  capsrobust train mnist --subset --model capsnet-small --epochs 3
+  capsrobust train fashion-mnist --model cnn-baseline --epochs 5
+  capsrobust train mnist --routings 1 --no-reconstruction --epochs 2 --limit 5000
+  capsrobust train mnist --resume                           continue the newest interrupted mnist run
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help=HELP, description=HELP, epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="mnist or fashion-mnist")
+    parser.add_argument("--model", help="registered model name (see `capsrobust models`); default capsnet")
+    model = parser.add_argument_group("model configuration (unset options keep the model's defaults)")
+    model.add_argument("--routings", type=positive_int, help="routing iterations of capsule models (paper: 3)")
+    model.add_argument("--no-reconstruction", dest="reconstruction", action="store_false", default=None,
+                       help="drop the reconstruction decoder")
+    model.add_argument("--recon-weight", type=positive_float, help="weight of the reconstruction loss (0.0005)")
+    model.add_argument("--config", type=config_item, action="append", default=[], metavar="KEY=VALUE",
+                       help="any other configuration key of the model, e.g. --config conv_channels=128")
+    optim = parser.add_argument_group("training")
+    optim.add_argument("--epochs", type=positive_int, help="epochs (default 30)")
+    optim.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
+    optim.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
+    optim.add_argument("--lr-decay", type=positive_float, default=0.9, help="learning rate factor per epoch (0.9)")
+    optim.add_argument("--shift", type=non_negative_int, default=2, help="random shift augmentation in pixels (2)")
+    optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better validation accuracy")
+    optim.add_argument("--val-size", type=non_negative_int, help="validation images held out from train "
+                                                                 "(default: the last 5,000, or 1/12 of a small set)")
+    optim.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                       help="continue an interrupted run: the newest unfinished one for this data set (and "
+                            "--model, if given), or the run id RUN; its saved settings are used, --epochs extends it")
+    add_data_args(parser)
+    add_store_arg(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from capsrobust.console import console, err_console
+    from capsrobust.data import load_dataset
+    from capsrobust.errors import ConfigError
+    from capsrobust.models import model_config
+    from capsrobust.store import ModelStore
+    from capsrobust.training import TrainSettings
+
+    store = ModelStore(args.store)
+    if args.resume:
+        run_dir, spec = _find_run(store, args)
+        settings = TrainSettings(**{**spec["settings"], **({"epochs": args.epochs} if args.epochs else {})})
+        err_console.print(f"resuming run {run_dir.name}")
+    else:
+        model_name = args.model or "capsnet"
+        overrides = dict(args.config)
+        overrides.update(routings=args.routings, reconstruction=args.reconstruction, recon_weight=args.recon_weight)
+        config = model_config(model_name, **overrides)
+        settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
+                                 lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
+                                 early_stopping=args.early_stopping)
+        spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
+                "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size}}
+        run_dir = None
+
+    data = spec["data"]
+    dataset = load_dataset(spec.get("dataset", {}).get("name", args.dataset), data_dir=args.data_dir,
+                           subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
+    if run_dir is None:
+        config = spec["config"]
+        if tuple(config["image_shape"]) != dataset.input_shape or config["num_classes"] != dataset.num_classes:
+            raise ConfigError(f"model config does not fit {dataset.name}: image_shape={config['image_shape']}, "
+                              f"num_classes={config['num_classes']}")
+        spec["dataset"] = dataset.describe()
+        run_dir = store.new_run(spec)
+    err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
+                      f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
+                      f"run {run_dir.name}")
+    return _train_and_publish(store, run_dir, spec, dataset, settings, None if args.quiet else err_console, console)
+
+
+def _find_run(store, args):
+    from capsrobust.errors import ConfigError
+
+    if args.resume == "latest":
+        runs = store.unfinished_runs(model=args.model, dataset=args.dataset)
+        what = f"unfinished {args.model + ' ' if args.model else ''}run on {args.dataset}"
+    else:
+        runs = [(d, s) for d, s in store.unfinished_runs() if d.name == args.resume]
+        what = f"unfinished run {args.resume!r}"
+    if not runs:
+        raise ConfigError(f"no {what} to resume in {store.runs_dir}")
+    return runs[0]
+
+
+def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console, console) -> int:
+    import keras
+    from rich.table import Table
+
+    from capsrobust.models.predict import accuracy
+    from capsrobust.store import library_versions
+    from capsrobust.training import fit
+
+    try:
+        result = fit(spec["model"], spec["config"], dataset, settings, run_dir, console=progress_console)
+    except KeyboardInterrupt:
+        from capsrobust.errors import CapsrobustError
+
+        raise CapsrobustError(f"interrupted; completed epochs are checkpointed in {run_dir}; continue with "
+                              f"`capsrobust train {dataset.name} --resume {run_dir.name}`") from None
+    test_accuracy = accuracy(result.model, dataset.x_test, dataset.y_test)
+    state = result.state
+    card = {
+        "model": spec["model"], "family": _family(spec["model"]),
+        "score_kind": result.model.score_kind, "config": spec["config"],
+        "parameters": int(result.model.count_params()), "dataset": dataset.describe(),
+        "training": {**dataclasses.asdict(settings), "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
+                     "stop_reason": state.stop_reason, "seconds": round(state.seconds, 1),
+                     "images_per_second": round(result.images_per_second, 1), "history": state.history},
+        "metrics": {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
+                    "test_images": len(dataset.x_test)},
+        "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    entry = store.publish(run_dir, run_dir / "best.weights.h5", card)
+    table = Table(title=f"trained {entry.id}")
+    for column in ("model", "data set", "epochs", "best epoch", "val accuracy", "test accuracy", "img/s", "time"):
+        table.add_column(column)
+    table.add_row(spec["model"], f"{dataset.name} ({dataset.source})", str(state.epoch), str(state.best_epoch),
+                  f"{state.best_val_accuracy:.4f}", f"{test_accuracy:.4f}", f"{result.images_per_second:.0f}",
+                  f"{state.seconds:.0f}s")
+    console.print(table)
+    console.print(f"stored in {entry.path}")
+    return 0
+
+
+def _family(model_name: str) -> str:
+    from capsrobust.models import get_model_spec
+
+    return get_model_spec(model_name).family
+
+
+def _devices() -> list[str]:
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices()]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    return []

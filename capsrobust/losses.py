@@ -1,0 +1,51 @@
+"""Training losses. Each returns one value per example, shape `(batch_size,)`; callers take the mean."""
+
+from keras import ops
+
+
+def margin_loss(labels, lengths, m_plus: float = 0.9, m_minus: float = 0.1, down_weight: float = 0.5):
+    """Margin loss of Sabour et al. (2017), eq. 4, summed over classes.
+
+    `L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2`
+
+    Args:
+        labels: one-hot targets `T`, shape `(batch_size, num_classes)`.
+        lengths: capsule lengths `|v_k|`, shape `(batch_size, num_classes)`.
+        m_plus: the present class's length should exceed this (0.9).
+        m_minus: absent classes' lengths should stay below this (0.1).
+        down_weight: `lambda`, weight of the absent-class term (0.5).
+
+    Returns:
+        `(batch_size,)` losses.
+    """
+    labels = ops.cast(labels, lengths.dtype)
+    present = labels * ops.square(ops.relu(m_plus - lengths))
+    absent = down_weight * (1.0 - labels) * ops.square(ops.relu(lengths - m_minus))
+    return ops.sum(present + absent, axis=-1)
+
+
+def reconstruction_loss(images, reconstructions):
+    """Sum of squared pixel differences per image (Sabour et al. 2017 scale it by 0.0005 in the total loss).
+
+    Args:
+        images: `(batch_size, height, width, channels)` in [0, 1].
+        reconstructions: same shape.
+
+    Returns:
+        `(batch_size,)` sums of squared errors.
+    """
+    squared_error = ops.square(ops.cast(images, reconstructions.dtype) - reconstructions)
+    return ops.sum(ops.reshape(squared_error, (ops.shape(squared_error)[0], -1)), axis=-1)
+
+
+def softmax_cross_entropy(labels, logits):
+    """Cross-entropy of softmax(logits) against one-hot labels.
+
+    Args:
+        labels: `(batch_size, num_classes)` one-hot.
+        logits: `(batch_size, num_classes)` unnormalised scores.
+
+    Returns:
+        `(batch_size,)` losses.
+    """
+    return ops.categorical_crossentropy(ops.cast(labels, logits.dtype), logits, from_logits=True)

@@ -1,0 +1,54 @@
+"""CapsNet with dynamic routing (Sabour, Frosst & Hinton 2017)."""
+
+import keras
+
+from capsrobust.layers import PrimaryCapsules, ReconstructionDecoder, RoutingCapsules, capsule_lengths
+from capsrobust.losses import margin_loss
+from capsrobust.models.base import CapsrobustModel
+from capsrobust.models.registry import register_model, register_variant
+
+
+class CapsNet(CapsrobustModel):
+    """Conv -> PrimaryCaps -> class capsules by routing-by-agreement, with an optional reconstruction decoder.
+
+    Paper configuration: Conv 256 9x9 ReLU -> 32x8D primary capsules (9x9, stride 2; 1,152 capsules on MNIST) ->
+    10x16D class capsules, 3 routing iterations, margin loss, decoder FC 512-1024-784 weighted 0.0005. Scores are
+    capsule lengths.
+    """
+
+    score_kind = "lengths"
+
+    def __init__(self, *, image_shape, num_classes, conv_channels, conv_kernel, primary_types, primary_dim,
+                 primary_kernel, primary_strides, capsule_dim, routings, routing_stop_gradient, reconstruction,
+                 decoder_units, recon_weight, m_plus, m_minus, down_weight, **kwargs):
+        decoder = ReconstructionDecoder(image_shape, decoder_units, name="decoder") if reconstruction else None
+        super().__init__(image_shape, num_classes, decoder=decoder, recon_weight=recon_weight, **kwargs)
+        self.margins = (float(m_plus), float(m_minus), float(down_weight))
+        self.conv = keras.layers.Conv2D(conv_channels, conv_kernel, activation="relu", name="conv1")
+        self.primary_capsules = PrimaryCapsules(primary_types, primary_dim, primary_kernel, primary_strides,
+                                                name="primary_capsules")
+        self.class_capsules = RoutingCapsules(num_classes, capsule_dim, routings, routing_stop_gradient,
+                                              name="class_capsules")
+
+    def classify(self, images, training=None):
+        poses = self.class_capsules(self.primary_capsules(self.conv(images)))
+        return capsule_lengths(poses), poses
+
+    def classification_loss(self, labels, scores):
+        m_plus, m_minus, down_weight = self.margins
+        return margin_loss(labels, scores, m_plus, m_minus, down_weight)
+
+
+@register_model("capsnet", family="capsule",
+                description="CapsNet, dynamic routing (Sabour et al. 2017); paper configuration, 8.2M parameters")
+def capsnet(image_shape=(28, 28, 1), num_classes=10, conv_channels=256, conv_kernel=9, primary_types=32,
+            primary_dim=8, primary_kernel=9, primary_strides=2, capsule_dim=16, routings=3,
+            routing_stop_gradient=False, reconstruction=True, decoder_units=(512, 1024), recon_weight=0.0005,
+            m_plus=0.9, m_minus=0.1, down_weight=0.5) -> CapsNet:
+    """Builds a CapsNet; every argument is a configuration key (`capsrobust train --routings 1` sets `routings`)."""
+    return CapsNet(**{k: v for k, v in locals().items()}, name="capsnet")
+
+
+register_variant("capsnet-small", base="capsnet",
+                 description="CapsNet with 64 conv channels, 8x8D primary capsule types and a 256-512 decoder",
+                 conv_channels=64, primary_types=8, decoder_units=(256, 512))

@@ -1,0 +1,103 @@
+"""CNN baselines: Sabour et al.'s baseline, a small CNN, and a CNN with the capsule models' reconstruction decoder."""
+
+import keras
+from keras import ops
+
+from capsrobust.layers import ReconstructionDecoder
+from capsrobust.losses import softmax_cross_entropy
+from capsrobust.models.base import CapsrobustModel
+from capsrobust.models.registry import register_model, register_variant
+
+
+class ClassPoseLogits(keras.layers.Layer):
+    """One logit per class from that class's pose only: `logit_k = w_k . pose_k + b_k`.
+
+    Gives a CNN the capsule models' structure (a pose per class, the decoder reads the predicted class's pose), as in
+    the CNN+reconstruction baselines of Frosst et al. (2018) and Qin et al. (2020).
+
+    Input shape:
+        `(batch_size, num_classes, pose_dim)`.
+
+    Output shape:
+        `(batch_size, num_classes)`.
+    """
+
+    def build(self, input_shape):
+        _, num_classes, pose_dim = input_shape
+        self.kernel = self.add_weight(shape=(num_classes, pose_dim), initializer="glorot_uniform", name="kernel")
+        self.bias = self.add_weight(shape=(num_classes,), initializer="zeros", name="bias")
+
+    def call(self, poses):
+        return ops.sum(poses * self.kernel, axis=-1) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:2]
+
+
+class CNN(CapsrobustModel):
+    """Conv ReLU stack -> dense ReLU stack -> dropout -> class logits, trained with softmax cross-entropy.
+
+    With `reconstruction=True` the last hidden layer feeds `num_classes * pose_dim` features grouped into one pose per
+    class; each class's logit reads only its own pose and the decoder reads the predicted class's pose, exactly as in
+    CapsNet, so reconstruction-based detection compares like with like.
+    """
+
+    score_kind = "logits"
+
+    def __init__(self, *, image_shape, num_classes, conv_channels, conv_kernel, padding, pool, dense_units, dropout,
+                 reconstruction, pose_dim, decoder_units, recon_weight, **kwargs):
+        decoder = ReconstructionDecoder(image_shape, decoder_units, name="decoder") if reconstruction else None
+        super().__init__(image_shape, num_classes, decoder=decoder, recon_weight=recon_weight, **kwargs)
+        self.convs = [keras.layers.Conv2D(c, conv_kernel, padding=padding, activation="relu", name=f"conv{i + 1}")
+                      for i, c in enumerate(conv_channels)]
+        self.pool = keras.layers.MaxPooling2D(2, name="pool") if pool else None
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.dense = [keras.layers.Dense(u, activation="relu", name=f"fc{i + 1}") for i, u in enumerate(dense_units)]
+        self.dropout = keras.layers.Dropout(dropout, name="dropout") if dropout else None
+        if reconstruction:
+            self.pose_dim = int(pose_dim)
+            self.poses = keras.layers.Dense(num_classes * self.pose_dim, name="poses")
+            self.logits = ClassPoseLogits(name="logits")
+        else:
+            self.logits = keras.layers.Dense(num_classes, name="logits")
+
+    def classify(self, images, training=None):
+        x = images
+        for conv in self.convs:
+            x = conv(x)
+            if self.pool is not None:
+                x = self.pool(x)
+        x = self.flatten(x)
+        for dense in self.dense:
+            x = dense(x)
+        if self.dropout is not None:
+            x = self.dropout(x, training=training)
+        if self.decoder is None:
+            return self.logits(x), None
+        poses = ops.reshape(self.poses(x), (-1, self.num_classes, self.pose_dim))
+        return self.logits(poses), poses
+
+    def classification_loss(self, labels, scores):
+        return softmax_cross_entropy(labels, scores)
+
+
+@register_model("cnn-baseline", family="cnn",
+                description="Sabour et al.'s CNN baseline: conv 256-256-128 5x5, FC 328-192, dropout; 35.4M parameters")
+def cnn(image_shape=(28, 28, 1), num_classes=10, conv_channels=(256, 256, 128), conv_kernel=5, padding="same",
+        pool=False, dense_units=(328, 192), dropout=0.5, reconstruction=False, pose_dim=16,
+        decoder_units=(512, 1024), recon_weight=0.0005) -> CNN:
+    """Builds a CNN; every argument is a configuration key."""
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
+    return CNN(**{k: v for k, v in locals().items()}, name="cnn")
+
+
+_SMALL = dict(conv_channels=(32, 64), pool=True, dense_units=(208,))
+
+register_variant("cnn-small", base="cnn-baseline",
+                 description="small CNN (conv 32-64 5x5 with pooling, FC 208) with about capsnet-small's "
+                             "parameter count without its decoder", **_SMALL)
+register_variant("cnn-recon", base="cnn-baseline",
+                 description="cnn-small with a pose per class and capsnet-small's reconstruction decoder "
+                             "(for reconstruction-error detection)",
+                 **_SMALL, reconstruction=True, decoder_units=(256, 512))

@@ -1,0 +1,205 @@
+"""The trained-model store: one directory per trained model, a JSON card and weights-only HDF5.
+
+Layout under the store root (`--store`, else `$CAPSROBUST_HOME`, else `~/.capsrobust`):
+
+    models/<model>-<dataset>-<YYYYmmdd-HHMMSS>-<hex>/card.json, model.weights.h5   finished models
+    runs/<same kind of id>/                                                       training runs (checkpoints, logs)
+
+An entry appears in one `rename` of a fully written directory, so readers and concurrent writers never see half an
+entry, and two trainings never share a directory. Loading rebuilds the architecture from the registry by name and
+JSON config, checks the weights' sha256 against the card, and reads plain HDF5 arrays: nothing from the store can run
+code.
+"""
+
+import datetime
+import hashlib
+import os
+import platform
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+import capsrobust
+from capsrobust.errors import StoreError
+from capsrobust.io import read_json, write_json
+from capsrobust.models import create_model
+
+CARD_FORMAT = "capsrobust-model-card"
+CARD_VERSION = 1
+CARD_FILE = "card.json"
+WEIGHTS_FILE = "model.weights.h5"
+RUN_FILE = "run.json"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CAPSROBUST_HOME") or Path.home() / ".capsrobust")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict:
+    versions = {"capsrobust": capsrobust.__version__, "python": platform.python_version(), "keras": keras.__version__,
+                "numpy": np.__version__}
+    backend = keras.backend.backend()
+    try:
+        module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
+        versions[module] = __import__(module).__version__
+    except (KeyError, ImportError):
+        pass
+    return versions
+
+
+def _new_id(model: str, dataset: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{model}-{dataset}-{stamp}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A store entry; `problem` says why a broken entry cannot be loaded (empty for a healthy one)."""
+
+    id: str
+    path: Path
+    card: dict
+    problem: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.card.get("model", "?")
+
+    @property
+    def dataset(self) -> str:
+        return self.card.get("dataset", {}).get("name", "?")
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.card.get("metrics", {}).get("val_accuracy", float("nan")))
+
+
+class ModelStore:
+    """Trained models and training runs under one root directory."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_root()
+        self.models_dir = self.root / "models"
+        self.runs_dir = self.root / "runs"
+
+    # Runs ----------------------------------------------------------------------------------------------------------
+
+    def new_run(self, spec: dict) -> Path:
+        """Creates a run directory holding `run.json` (what to train and how) and returns it."""
+        run_dir = self.runs_dir / _new_id(spec["model"], spec["dataset"]["name"])
+        try:
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / RUN_FILE, {**spec, "run": run_dir.name})
+        except OSError as error:
+            raise StoreError(f"cannot create a training run in {self.runs_dir}: {error.strerror}") from None
+        return run_dir
+
+    def unfinished_runs(self, model: str | None = None, dataset: str | None = None) -> list[tuple[Path, dict]]:
+        """Runs without a published model, newest first, optionally filtered by model and data set name."""
+        found = []
+        for run_dir in sorted(self.runs_dir.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
+            try:
+                spec = read_json(run_dir / RUN_FILE)
+            except (OSError, ValueError):
+                continue
+            if spec.get("published") or (model and spec["model"] != model) or \
+                    (dataset and spec["dataset"]["name"] != dataset):
+                continue
+            found.append((run_dir, spec))
+        return found
+
+    # Models --------------------------------------------------------------------------------------------------------
+
+    def publish(self, run_dir: Path, weights: Path, card: dict) -> Entry:
+        """Copies `weights` and writes the card (with the weights' sha256) into a new entry, atomically."""
+        entry_id = Path(run_dir).name
+        staging = self.models_dir / f".staging-{entry_id}-{secrets.token_hex(3)}"
+        try:
+            staging.mkdir(parents=True)
+            shutil.copyfile(weights, staging / WEIGHTS_FILE)
+            card = {"format": CARD_FORMAT, "version": CARD_VERSION, "id": entry_id, **card,
+                    "weights": {"file": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}}
+            write_json(staging / CARD_FILE, card)
+            os.rename(staging, self.models_dir / entry_id)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(f"cannot write model {entry_id} into {self.models_dir}: {error.strerror}") from None
+        spec = read_json(Path(run_dir) / RUN_FILE)
+        write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
+        return Entry(entry_id, self.models_dir / entry_id, card)
+
+    def entries(self) -> list[Entry]:
+        """Every entry, healthy or not (a broken one carries its `problem`), oldest first."""
+        if not self.models_dir.is_dir():
+            return []
+        return [self._read_entry(path) for path in sorted(self.models_dir.iterdir())
+                if path.is_dir() and not path.name.startswith(".")]
+
+    def _read_entry(self, path: Path) -> Entry:
+        try:
+            card = read_json(path / CARD_FILE)
+        except FileNotFoundError:
+            return Entry(path.name, path, {}, "no card.json")
+        except (OSError, ValueError) as error:
+            return Entry(path.name, path, {}, f"unreadable card.json ({type(error).__name__})")
+        if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+            return Entry(path.name, path, {}, "card.json is not a capsrobust model card")
+        if card.get("version", 0) > CARD_VERSION:
+            return Entry(path.name, path, card, f"card version {card.get('version')} is newer than this capsrobust "
+                                                f"supports ({CARD_VERSION}); upgrade capsrobust")
+        if not (path / WEIGHTS_FILE).is_file():
+            return Entry(path.name, path, card, f"missing {WEIGHTS_FILE}")
+        return Entry(path.name, path, card)
+
+    def resolve(self, name: str, dataset: str | None = None) -> Entry:
+        """An entry by id, or the best healthy entry of a registered model name (highest validation accuracy).
+
+        Raises:
+            StoreError: nothing matches.
+        """
+        entries = self.entries()
+        for entry in entries:
+            if entry.id == name:
+                if entry.problem:
+                    raise StoreError(f"store entry {name} is broken: {entry.problem}")
+                return entry
+        candidates = [e for e in entries if not e.problem and e.model == name and (dataset is None or e.dataset == dataset)]
+        if not candidates:
+            on = f" on {dataset}" if dataset else ""
+            raise StoreError(f"no trained {name!r}{on} in {self.models_dir}; train one with "
+                             f"`capsrobust train {dataset or 'mnist'} --model {name}`")
+        return max(candidates, key=lambda e: (e.val_accuracy, e.card.get("created", "")))
+
+    def load(self, entry: Entry):
+        """Rebuilds the entry's model from the registry and loads its verified weights.
+
+        Raises:
+            StoreError: broken entry, sha256 mismatch, or weights that do not fit the architecture.
+        """
+        if entry.problem:
+            raise StoreError(f"store entry {entry.id} is broken: {entry.problem}")
+        weights = entry.path / WEIGHTS_FILE
+        expected = entry.card.get("weights", {}).get("sha256")
+        actual = sha256_of(weights)
+        if actual != expected:
+            raise StoreError(f"{weights}: sha256 {actual[:12]}… does not match the card's {str(expected)[:12]}…; "
+                             f"the weights were modified or corrupted")
+        model = create_model(entry.card["model"], **entry.card["config"])
+        try:
+            model.load_weights(weights)
+        except (ValueError, OSError, KeyError) as error:
+            raise StoreError(f"{weights}: cannot load into {entry.card['model']}: "
+                             f"{str(error).splitlines()[0][:200]}") from None
+        return model

@@ -1,0 +1,63 @@
+"""Shift augmentation and the seeded batch stream the trainer feeds to `keras.Model.fit`."""
+
+import math
+
+import keras
+import numpy as np
+
+
+def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Shifts each image by up to `max_shift` pixels in each direction, filling with zeros (Sabour et al. 2017).
+
+    Args:
+        images: `(batch_size, height, width, channels)`.
+        max_shift: largest shift in pixels; 0 returns `images` unchanged.
+        rng: source of the per-image offsets.
+
+    Returns:
+        The shifted images, same shape and dtype.
+    """
+    if max_shift == 0:
+        return images
+    n, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (height, width), axis=(1, 2))
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    return np.ascontiguousarray(windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1))
+
+
+class ShiftedBatches(keras.utils.PyDataset):
+    """Shuffled, shift-augmented training batches; epoch `e`'s batches depend only on `(seed, e)`.
+
+    That makes a resumed run see exactly the batches an uninterrupted one would have. The trainer sets `epoch` at
+    the start of every epoch.
+
+    Each item is `({"image": images, "label": one_hot}, one_hot)` with images `(batch_size, height, width, channels)`
+    and labels `(batch_size, num_classes)`; the label input lets capsule decoders mask by the true class.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,
+                 seed: int):
+        super().__init__()
+        self.images = images
+        self.one_hot = np.eye(num_classes, dtype="float32")[labels]
+        self.batch_size = batch_size
+        self.max_shift = max_shift
+        self.seed = seed
+        self.epoch = 0
+        self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=int))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def _order(self) -> np.ndarray:
+        if self._order_cache[0] != self.epoch:
+            self._order_cache = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images)))
+        return self._order_cache[1]
+
+    def __getitem__(self, index: int):
+        rows = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        images = random_shift(self.images[rows], self.max_shift, rng)
+        labels = self.one_hot[rows]
+        return {"image": images, "label": labels}, labels

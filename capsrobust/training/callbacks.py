@@ -1,0 +1,115 @@
+"""Keras callbacks of the shared trainer: progress display, NaN guard, per-epoch checkpoints and early stopping."""
+
+import math
+import time
+
+import keras
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from capsrobust.training.checkpoint import RunState, save_checkpoint
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.tripped_at: tuple[int, int] | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss) and self.tripped_at is None:
+            self.tripped_at = (self._epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every finished epoch: record it in the run state, checkpoint it, and apply early stopping.
+
+    Also tells the batch stream which epoch it is serving, so every epoch's shuffle and shifts depend only on the
+    seed and the epoch number.
+
+    Args:
+        run_dir: the run directory.
+        state: the run state, updated in place.
+        batches: the `ShiftedBatches` training stream.
+        guard: the `NanGuard`; an epoch during which it tripped is not checkpointed.
+        patience: stop when validation accuracy has not improved for this many epochs (None: never).
+    """
+
+    def __init__(self, run_dir, state: RunState, batches, guard: NanGuard, patience: int | None = None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.state = state
+        self.batches = batches
+        self.guard = guard
+        self.patience = patience
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.epoch = epoch
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.tripped_at is not None:
+            return
+        logs = {key: float(value) for key, value in (logs or {}).items()}
+        state = self.state
+        state.epoch = epoch + 1
+        state.seconds += time.perf_counter() - self._started
+        state.history.append({"epoch": epoch + 1, **logs})
+        val_accuracy = logs.get("val_accuracy", logs.get("accuracy", 0.0))
+        improved = val_accuracy > state.best_val_accuracy
+        if improved:
+            state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
+        if self.patience is not None and state.epochs_since_best >= self.patience:
+            state.stop_reason = f"early stopping: no validation improvement for {self.patience} epochs"
+            self.model.stop_training = True
+        save_checkpoint(self.run_dir, self.model, state, improved)
+
+
+class RichProgress(keras.callbacks.Callback):
+    """A `rich` progress bar per epoch and a one-line summary when each epoch ends."""
+
+    def __init__(self, console, epochs: int, steps: int, batch_size: int):
+        super().__init__()
+        self.console = console
+        self.epochs = epochs
+        self.steps = steps
+        self.batch_size = batch_size
+        self.progress: Progress | None = None
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+        self.progress = Progress(TextColumn(f"epoch {epoch + 1}/{self.epochs}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=self.steps, status="")
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        rate = (batch + 1) * self.batch_size / max(time.perf_counter() - self._started, 1e-9)
+        status = f"loss {float(logs.get('loss', math.nan)):.4f} acc {float(logs.get('accuracy', math.nan)):.4f} " \
+                 f"{rate:.0f} img/s"
+        self.progress.update(self.task, completed=batch + 1, status=status)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+        logs = logs or {}
+        parts = [f"{key} {float(value):.4f}" for key, value in logs.items() if key != "learning_rate"]
+        self.console.print(f"epoch {epoch + 1}/{self.epochs}  " + "  ".join(parts)
+                           + f"  {time.perf_counter() - self._started:.1f}s")
+
+    def on_train_end(self, logs=None):
+        self._stop()
+
+    def _stop(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

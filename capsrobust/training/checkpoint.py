@@ -1,0 +1,90 @@
+"""Per-epoch checkpoints of a training run: weights, optimizer state and progress, written so a kill loses nothing.
+
+A run directory holds `epoch-NNNN.weights.h5` + `epoch-NNNN.optimizer.npz` for the last completed epoch,
+`best.weights.h5` for the best validation epoch, and `state.json`, which names the complete checkpoint. Files are
+written under temporary names and renamed; `state.json` is replaced last, so after a kill at any instant it points
+at a complete checkpoint. Nothing here uses pickle: weights are HDF5 arrays and optimizer state a plain `.npz`.
+"""
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from capsrobust.io import atomic_path, read_json, write_json
+
+STATE_FILE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+@dataclass
+class RunState:
+    """Progress of a run after its last completed epoch (epochs count from 1; 0 means none completed)."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    history: list = field(default_factory=list)
+    finished: bool = False
+    stop_reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def epochs_since_best(self) -> int:
+        return self.epoch - self.best_epoch
+
+
+def _epoch_stem(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
+
+
+def load_state(run_dir: Path) -> RunState:
+    """The run's state, or a fresh one if no epoch has completed."""
+    path = Path(run_dir) / STATE_FILE
+    return RunState(**read_json(path)) if path.exists() else RunState()
+
+
+def save_state(run_dir: Path, state: RunState) -> None:
+    write_json(Path(run_dir) / STATE_FILE, asdict(state))
+
+
+def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> None:
+    """Saves the weights and optimizer state of `state.epoch`, then points `state.json` at them.
+
+    Args:
+        run_dir: the run directory.
+        model: the compiled model being trained.
+        state: progress including the epoch just completed.
+        improved: this epoch has the best validation accuracy so far; also replace `best.weights.h5`.
+    """
+    run_dir = Path(run_dir)
+    stem = _epoch_stem(state.epoch)
+    with atomic_path(run_dir / f"{stem}.weights.h5", suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    with atomic_path(run_dir / f"{stem}.optimizer.npz") as tmp:
+        store: dict = {}
+        model.optimizer.save_own_variables(store)
+        with open(tmp, "wb") as f:
+            np.savez(f, **store)
+    if improved:
+        with atomic_path(run_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+    save_state(run_dir, state)
+    for old in run_dir.glob("epoch-*"):
+        if not old.name.startswith(stem):
+            old.unlink(missing_ok=True)
+
+
+def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
+    """Loads the weights and optimizer state of `state.epoch` into a compiled `model`."""
+    run_dir = Path(run_dir)
+    stem = _epoch_stem(state.epoch)
+    model.load_weights(run_dir / f"{stem}.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(run_dir / f"{stem}.optimizer.npz", allow_pickle=False) as saved:
+        model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / STATE_FILE).exists()

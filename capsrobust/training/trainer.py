@@ -1,0 +1,149 @@
+"""The shared trainer: one `fit` for every model in the registry, on whatever device the Keras backend sees."""
+
+import importlib.util
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from capsrobust.data import Dataset
+from capsrobust.errors import ConfigError, TrainingDiverged
+from capsrobust.models import CapsrobustModel, create_model
+from capsrobust.training.augment import ShiftedBatches
+from capsrobust.training.callbacks import EpochCheckpoint, NanGuard, RichProgress
+from capsrobust.training.checkpoint import BEST_WEIGHTS, RunState, load_state, restore_checkpoint, save_state
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings; the defaults follow Sabour et al. (2017) and the best public Keras reimplementation.
+
+    Attributes:
+        epochs: total epochs of the run (a resumed run continues up to this).
+        batch_size: images per step.
+        learning_rate: Adam's initial learning rate.
+        lr_decay: the learning rate is multiplied by this after every epoch.
+        max_shift: shift augmentation, in pixels (the paper uses up to 2).
+        seed: seeds weights, shuffling, augmentation and dropout.
+        early_stopping: stop after this many epochs without a better validation accuracy (None: never).
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.9
+    max_shift: int = 2
+    seed: int = 0
+    early_stopping: int | None = None
+
+    def __post_init__(self):
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                  ("learning_rate", 0 < self.learning_rate < 1), ("lr_decay", 0 < self.lr_decay <= 1),
+                  ("max_shift", 0 <= self.max_shift <= 8), ("seed", self.seed >= 0),
+                  ("early_stopping", self.early_stopping is None or self.early_stopping >= 1)]
+        for name, ok in checks:
+            value = getattr(self, name)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise ConfigError(f"invalid training setting. Received: {name}={value!r}")
+
+
+@dataclass
+class TrainResult:
+    """A finished run: the model with its best-validation weights loaded, and the run's record."""
+
+    model: CapsrobustModel
+    state: RunState
+    run_dir: Path
+    images_per_second: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, numpy and the backend; under TensorFlow also makes its kernels deterministic."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype="float32")[labels]
+
+
+def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSettings, run_dir: Path,
+        console=None) -> TrainResult:
+    """Trains (or resumes training) `model_name` on `dataset`, checkpointing every epoch into `run_dir`.
+
+    If `run_dir` holds a checkpoint, training continues after its last completed epoch with the saved weights,
+    optimizer state and learning-rate schedule; epoch `e` sees the same batches either way.
+
+    Args:
+        model_name: a registered model name.
+        model_config: its full configuration (`capsrobust.models.model_config`).
+        dataset: training, validation and test splits.
+        settings: optimisation settings.
+        run_dir: directory for checkpoints, `log.csv` and TensorBoard logs.
+        console: a `rich` console for progress, or None for silence.
+
+    Returns:
+        The trained model (best validation epoch) and the run's record.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; the last good checkpoint stays in `run_dir`.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(settings.seed)
+    model = create_model(model_name, **model_config)
+    batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
+                             settings.max_shift, settings.seed)
+    schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
+                                                           decay_rate=settings.lr_decay, staircase=True)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
+
+    state = load_state(run_dir)
+    if state.epoch:
+        restore_checkpoint(run_dir, model, state)
+    if not state.finished and state.epoch < settings.epochs:
+        _run_epochs(model, dataset, settings, run_dir, state, batches, console)
+    state.finished = True
+    state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
+    save_state(run_dir, state)
+    model.load_weights(run_dir / BEST_WEIGHTS)
+    images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
+    return TrainResult(model, state, run_dir, images_per_second)
+
+
+def _tensorboard_available() -> bool:
+    """TensorBoard logs need TensorFlow's summary writer and the `tensorboard` package (absent on JAX-only hosts)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
+    guard = NanGuard()
+    callbacks = [guard, EpochCheckpoint(run_dir, state, batches, guard, settings.early_stopping),
+                 keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
+    if _tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+    if console is not None:
+        callbacks.append(RichProgress(console, settings.epochs, len(batches), settings.batch_size))
+    validation = None
+    if len(dataset.x_val):
+        val_labels = _one_hot(dataset.y_val, dataset.num_classes)
+        validation = ({"image": dataset.x_val, "label": val_labels}, val_labels)
+    model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
+              epochs=settings.epochs, initial_epoch=state.epoch, callbacks=callbacks, verbose=0)
+    if guard.tripped_at is not None:
+        epoch, batch = guard.tripped_at
+        kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
+        raise TrainingDiverged(f"loss became NaN/Inf at epoch {epoch}, batch {batch}; training stopped and {kept} "
+                               f"(try a lower --lr)")
+
+
+def settings_dict(settings: TrainSettings) -> dict:
+    return asdict(settings)

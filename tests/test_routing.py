@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from capsrobust.layers import RoutingCapsules
+from capsrobust.routing import dynamic_routing
+
+
+def _votes(seed=0, batch=2, children=12, parents=4, dim=6):
+    return np.random.default_rng(seed).normal(scale=0.3, size=(batch, children, parents, dim)).astype("float32")
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+def test_shapes_and_couplings_sum_to_one_over_parents(iterations):
+    poses, couplings = dynamic_routing(_votes(), iterations)
+    assert tuple(poses.shape) == (2, 4, 6)
+    assert tuple(couplings.shape) == (2, 12, 4)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.sum(couplings, axis=-1)), 1.0, rtol=1e-6)
+    assert np.all(np.linalg.norm(ops.convert_to_numpy(poses), axis=-1) < 1)
+
+
+def test_one_iteration_couples_uniformly():
+    _, couplings = dynamic_routing(_votes(), 1)
+    np.testing.assert_allclose(ops.convert_to_numpy(couplings), 0.25, rtol=1e-6)
+
+
+def test_agreement_raises_the_coupling_to_the_agreeing_parent():
+    """Children that all vote the same direction for parent 0 and random directions elsewhere route to parent 0."""
+    rng = np.random.default_rng(3)
+    votes = rng.normal(scale=0.5, size=(1, 20, 3, 8)).astype("float32")
+    votes[:, :, 0, :] = np.ones(8, dtype="float32") * 0.5
+    couplings = [ops.convert_to_numpy(dynamic_routing(votes, r)[1])[0, :, 0].mean() for r in (1, 2, 3)]
+    assert couplings[0] == pytest.approx(1 / 3)
+    assert couplings[0] < couplings[1] < couplings[2]
+
+
+def test_matches_a_plain_loop_implementation():
+    votes = _votes(seed=5)
+    b = np.zeros(votes.shape[:3])
+    for r in range(3):
+        c = np.exp(b) / np.exp(b).sum(-1, keepdims=True)
+        s = (c[..., None] * votes).sum(1)
+        n2 = (s ** 2).sum(-1, keepdims=True)
+        v = n2 / (1 + n2) * s / np.sqrt(n2)
+        b = b + (votes * v[:, None]).sum(-1)
+    np.testing.assert_allclose(ops.convert_to_numpy(dynamic_routing(votes, 3)[0]), v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stop_gradient", [False, True])
+def test_layer_gradients_are_finite_and_nonzero(stop_gradient):
+    layer = RoutingCapsules(4, 6, routings=3, stop_gradient=stop_gradient)
+    inputs = tf.constant(np.random.default_rng(1).normal(size=(2, 12, 5)).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        loss = tf.reduce_sum(layer(inputs) ** 2)
+    kernel_grad, input_grad = tape.gradient(loss, [layer.kernel, inputs])
+    assert tuple(layer.kernel.shape) == (12, 4, 6, 5)
+    for grad in (kernel_grad, input_grad):
+        assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy() != 0)
+
+
+def test_stop_gradient_changes_gradients_not_values():
+    inputs = tf.constant(np.random.default_rng(2).normal(size=(2, 12, 5)).astype("float32"))
+    plain, stopped = RoutingCapsules(4, 6, 3), RoutingCapsules(4, 6, 3, stop_gradient=True)
+    plain.build(inputs.shape)
+    stopped.build(inputs.shape)
+    stopped.kernel.assign(plain.kernel)
+    grads = []
+    for layer in (plain, stopped):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(inputs) ** 2)
+        grads.append(tape.gradient(loss, layer.kernel).numpy())
+    np.testing.assert_allclose(plain(inputs), stopped(inputs), rtol=1e-6)
+    assert not np.allclose(grads[0], grads[1])
+
+
+def test_zero_iterations_rejected():
+    with pytest.raises(ValueError, match="iterations=0"):
+        dynamic_routing(_votes(), 0)
