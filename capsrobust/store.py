@@ -122,13 +122,22 @@ class ModelStore:
 
     # Models --------------------------------------------------------------------------------------------------------
 
-    def publish(self, run_dir: Path, weights: Path, card: dict) -> Entry:
-        """Copies `weights` and writes the card (with the weights' sha256) into a new entry, atomically."""
+    def publish(self, run_dir: Path, model, card: dict) -> Entry:
+        """Writes `model`'s weights (without optimizer state) and the card with their sha256 as a new entry, atomically.
+
+        Args:
+            run_dir: the training run; the entry takes its id.
+            model: the trained model; `card["model"]` and `card["config"]` must rebuild its architecture.
+            card: everything the card records besides format, id and weights.
+        """
         entry_id = Path(run_dir).name
         staging = self.models_dir / f".staging-{entry_id}-{secrets.token_hex(3)}"
         try:
             staging.mkdir(parents=True)
-            shutil.copyfile(weights, staging / WEIGHTS_FILE)
+            # A fresh model has no optimizer, so the file holds the weights alone.
+            fresh = create_model(card["model"], **card["config"])
+            fresh.set_weights(model.get_weights())
+            fresh.save_weights(staging / WEIGHTS_FILE)
             card = {"format": CARD_FORMAT, "version": CARD_VERSION, "id": entry_id, **card,
                     "weights": {"file": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}}
             write_json(staging / CARD_FILE, card)

@@ -132,7 +132,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    entry = store.publish(run_dir, run_dir / "best.weights.h5", card)
+    entry = store.publish(run_dir, result.model, card)
     table = Table(title=f"trained {entry.id}")
     for column in ("model", "data set", "epochs", "best epoch", "val accuracy", "test accuracy", "img/s", "time"):
         table.add_column(column)

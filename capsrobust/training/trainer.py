@@ -94,6 +94,9 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     Raises:
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint stays in `run_dir`.
     """
+    for split in ("x_train", "x_val"):
+        if not np.isfinite(getattr(dataset, split)).all():
+            raise ConfigError(f"{dataset.name} {split} contains NaN or Inf pixels; refusing to train on it")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
@@ -112,7 +115,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     state.finished = True
     state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
     save_state(run_dir, state)
-    model.load_weights(run_dir / BEST_WEIGHTS)
+    model.load_weights(run_dir / BEST_WEIGHTS)  # the optimizer too: harmless, the run is over
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
     return TrainResult(model, state, run_dir, images_per_second)
 

@@ -1,0 +1,48 @@
+"""The command line end to end, as a user runs it: separate processes, a temporary store, the bundled subset."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def capsrobust(*args, home):
+    env = {**os.environ, "CAPSROBUST_HOME": str(home), "CAPSROBUST_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "capsrobust", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_train_models_test_end_to_end(tmp_path):
+    trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "2000",
+                         home=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "test accuracy" in trained.stdout and "stored in" in trained.stdout
+    entry = next((tmp_path / "models").iterdir())
+    assert (entry / "card.json").is_file() and (entry / "model.weights.h5").is_file()
+
+    listed = capsrobust("models", home=tmp_path)
+    assert listed.returncode == 0 and entry.name in listed.stdout and "capsnet-small" in listed.stdout
+
+    tested = capsrobust("test", "--model", "cnn-small", "--dataset", "mnist", home=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    accuracy = float(tested.stdout.split("│")[-4])  # the accuracy cell of the result row
+    assert accuracy > 0.7
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "mnist", "--subset", "--model", "resnet"], "unknown model 'resnet'"),
+    (["train", "svhn", "--subset"], "unknown data set"),
+    (["train", "mnist", "--subset", "--model", "cnn-small", "--routings", "2"], "does not take routings"),
+    (["train", "mnist", "--epochs", "0"], "expected a positive integer"),
+    (["train", "mnist", "--lr", "nan"], "expected a positive number"),
+    (["train", "mnist"], "no MNIST files found"),
+    (["train", "mnist", "--resume"], "no unfinished run on mnist"),
+    (["test", "--model", "capsnet"], "no trained 'capsnet'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    result = capsrobust(*args, home=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any((tmp_path / "models").glob("*"))
