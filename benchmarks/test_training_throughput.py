@@ -1,0 +1,39 @@
+"""Training throughput (images/s) of the registry's models: a fixed number of optimizer steps at batch 128.
+
+    CAPSROBUST_DATA=/path/to/data pytest benchmarks/test_training_throughput.py --benchmark-only
+
+Each round runs `STEPS` training steps on shift-augmented batches, exactly as the trainer feeds them; the first
+(compiling) step runs before timing.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from capsrobust.models import create_model
+from capsrobust.training import seed_everything
+from capsrobust.training.augment import ShiftedBatches
+
+BATCH = 128
+STEPS = 5
+
+
+@pytest.mark.parametrize("name", ["capsnet", "capsnet-small", "cnn-baseline", "cnn-small"])
+def test_train_step_throughput(benchmark, benchmark_dataset, name):
+    seed_everything(0)
+    model = create_model(name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
+    data = benchmark_dataset
+    batches = ShiftedBatches(data.x_train, data.y_train, data.num_classes, BATCH, max_shift=2, seed=0)
+    steps = [batches[i] for i in range(STEPS)]
+    model.train_on_batch(*steps[0])
+
+    def run():
+        for inputs, labels in steps:
+            model.train_on_batch(inputs, labels)
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    images_per_second = STEPS * BATCH / benchmark.stats.stats.median
+    benchmark.extra_info.update(images_per_second=round(images_per_second, 1), dataset=data.describe()["source"],
+                                backend=keras.backend.backend(), batch=BATCH)
+    assert np.isfinite(images_per_second)
