@@ -46,3 +46,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not any((tmp_path / "models").glob("*"))
+
+
+def test_attack_and_detect_end_to_end(tmp_path):
+    trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-recon", "--epochs", "1", home=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "out"
+    attacked = capsrobust("attack", "--model", "cnn-recon", "--method", "fgsm,bim", "--eps", "0.1,0.2", "--steps", "5",
+                          "--limit", "50", "--output", str(out), home=tmp_path)
+    assert attacked.returncode == 0, attacked.stderr
+    assert "trust checks" in attacked.stdout and "undetected" in attacked.stdout
+    (result_dir,) = out.iterdir()
+    assert result_dir.name.startswith("attack-cnn-recon-mnist-fgsm+bim-eps0.1,0.2-")
+    assert {"sweep.json", "sweep.csv", "accuracy_vs_eps.png", "roc.png"} <= {p.name for p in result_dir.iterdir()}
+
+    refused = capsrobust("detect", "--model", "cnn-recon", "--eps", "1.5", home=tmp_path)
+    assert refused.returncode == 2 and "eps must be in [0, 1]" in refused.stderr
+    unknown = capsrobust("attack", "--model", "cnn-recon", "--method", "deepfool", home=tmp_path)
+    assert unknown.returncode == 2 and "deepfool" in unknown.stderr and "Traceback" not in unknown.stderr

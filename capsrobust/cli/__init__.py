@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from capsrobust import __version__
-from capsrobust.cli import models, test, train
+from capsrobust.cli import attack, compare, demo, models, test, train
 
-COMMANDS = (train, test, models)
+COMMANDS = (train, test, models, attack, compare, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

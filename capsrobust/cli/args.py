@@ -58,3 +58,24 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="DIR", help="trained-model store (default: $CAPSROBUST_HOME or ~/.capsrobust)")
+
+
+def eps_list(text: str) -> tuple[float, ...]:
+    """Comma-separated eps values, each a number in [0, 1] (pixel scale)."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected numbers in [0, 1] separated by commas, got {text!r}") from None
+        if not (math.isfinite(value) and 0 <= value <= 1):
+            raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (images are scaled to [0, 1]), got {part!r}")
+        values.append(value)
+    return tuple(values)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected one or more names separated by commas, got {text!r}")
+    return names

@@ -49,6 +49,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    train_model(args)
+    return 0
+
+
+def train_model(args):
+    """Trains (or resumes) as `args` say and publishes the result; returns the new store `Entry`."""
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
     from capsrobust.errors import ConfigError
@@ -103,10 +109,11 @@ def _find_run(store, args):
     return runs[0]
 
 
-def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console, console) -> int:
+def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console, console):
     import keras
     from rich.table import Table
 
+    from capsrobust.detection import ReconstructionDetector, reconstruction_distances
     from capsrobust.models.predict import accuracy
     from capsrobust.store import library_versions
     from capsrobust.training import fit
@@ -120,6 +127,9 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                               f"`capsrobust train {dataset.name} --resume {run_dir.name}`") from None
     test_accuracy = accuracy(result.model, dataset.x_test, dataset.y_test)
     state = result.state
+    detector = None
+    if result.model.has_decoder and len(dataset.x_val):
+        detector = ReconstructionDetector.fit(reconstruction_distances(result.model, dataset.x_val)).to_dict()
     card = {
         "model": spec["model"], "family": _family(spec["model"]),
         "score_kind": result.model.score_kind, "config": spec["config"],
@@ -129,6 +139,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                      "images_per_second": round(result.images_per_second, 1), "history": state.history},
         "metrics": {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
                     "test_images": len(dataset.x_test)},
+        "detector": detector,
         "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
@@ -141,7 +152,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                   f"{state.seconds:.0f}s")
     console.print(table)
     console.print(f"stored in {entry.path}")
-    return 0
+    return entry
 
 
 def _family(model_name: str) -> str:

@@ -1,0 +1,318 @@
+"""Named factories for ART's FGSM, BIM and PGD, with every parameter set from the literature, never ART's defaults.
+
+ART's FastGradientMethod, BasicIterativeMethod and ProjectedGradientDescent default to `eps_step=0.1` and
+`max_iter=100`, which are nobody's protocol. `make_attack` resolves each parameter from the method's published rule
+(`attack_defaults`) unless given, passes all of them to ART explicitly, and returns a `ConfiguredAttack` that records
+them (`attack.record()`) for reports.
+
+Defaults (`eps` on the [0, 1] pixel scale):
+
+- `fgsm` (Goodfellow et al. 2015): one step of size `eps`.
+- `bim` (Kurakin et al. 2017, "Adversarial examples in the physical world"): L-inf, step 1/255 and
+  `ceil(min(255 eps + 4, 1.25 * 255 eps))` iterations (at least 1), no random start. ART's BIM is exactly its PGD
+  without a random start.
+- `pgd` (Madry et al. 2018, MNIST protocol): L-inf, step 0.01, 40 steps, a uniform random start in the eps-ball.
+  The protocol fixes eps = 0.3; at other eps we keep step 0.01 and 40 steps. The other common rule,
+  step = 2.5 * eps / steps, is the one used here for L2.
+- L2 (`norm="2"`) for BIM and PGD: 40 steps of 2.5 * eps / 40 (Madry et al.'s robustness library), since pixel-scale
+  L-inf steps are meaningless there; PGD keeps its random start.
+
+>>> attack = make_attack("pgd", to_art_classifier(model), eps=0.3, seed=0)
+>>> adversarial = attack.generate(images)  # (num_images, 28, 28, 1) float32 in [0, 1]
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+from art.attacks import EvasionAttack
+from art.attacks.evasion import BasicIterativeMethod, FastGradientMethod, ProjectedGradientDescent
+
+from capsrobust.errors import ConfigError
+
+# Norm name -> (ART's norm, the largest meaningful eps on [0, 1] images; None: only finite and non-negative).
+NORMS: dict[str, tuple[float, float | None]] = {"inf": (np.inf, 1.0), "2": (2, None)}
+
+L2_STEPS = 40
+PGD_STEP, PGD_STEPS = 0.01, 40
+BIM_STEP = 1 / 255
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    """Every parameter of one configured attack, as a report records it.
+
+    Attributes:
+        method: a name in `ATTACKS`.
+        eps: the radius of the norm ball around each image, on the [0, 1] pixel scale.
+        norm: `"inf"` or `"2"`.
+        step_size: the size of each step (ART's `eps_step`).
+        steps: the number of steps (ART's `max_iter`; 1 for FGSM).
+        random_start: whether the first step starts from a uniform random point in the eps-ball.
+        targeted: whether the attack moves towards given target labels instead of away from the true ones.
+        batch_size: images per attack batch.
+        seed: the seed of numpy's global generator while generating (ART draws its random starts there), or None.
+    """
+
+    method: str
+    eps: float
+    norm: str
+    step_size: float
+    steps: int
+    random_start: bool
+    targeted: bool
+    batch_size: int
+    seed: int | None
+
+    @property
+    def art_norm(self) -> float:
+        return NORMS[self.norm][0]
+
+
+def _fgsm_defaults(eps: float, norm: str) -> dict:
+    return {"step_size": eps, "steps": 1, "random_start": False}
+
+
+def _bim_defaults(eps: float, norm: str) -> dict:
+    if norm != "inf":
+        return {"step_size": 2.5 * eps / L2_STEPS, "steps": L2_STEPS, "random_start": False}
+    pixels = eps * 255  # Kurakin et al. count in 0-255 pixel units; round away float noise (8/255*255 = 8.000000001)
+    return {"step_size": BIM_STEP, "steps": max(1, math.ceil(round(min(pixels + 4, 1.25 * pixels), 6))),
+            "random_start": False}
+
+
+def _pgd_defaults(eps: float, norm: str) -> dict:
+    step = PGD_STEP if norm == "inf" else 2.5 * eps / L2_STEPS
+    return {"step_size": step, "steps": PGD_STEPS if norm == "inf" else L2_STEPS, "random_start": True}
+
+
+def _art_step(params: AttackParams) -> float:
+    # ART rejects eps_step <= 0 even at eps = 0, where the projection onto the eps-ball undoes every step anyway.
+    return float(params.step_size) if params.step_size > 0 else 1.0
+
+
+def _build_fgsm(classifier, params: AttackParams) -> EvasionAttack:
+    # Without `minimal`, ART's FGM steps by `eps` and ignores `eps_step`; it has no progress bar to silence.
+    return FastGradientMethod(classifier, norm=params.art_norm, eps=params.eps, eps_step=_art_step(params),
+                              targeted=params.targeted, num_random_init=int(params.random_start),
+                              batch_size=params.batch_size, minimal=False, summary_writer=False)
+
+
+def _build_bim(classifier, params: AttackParams) -> EvasionAttack:
+    attack = BasicIterativeMethod(classifier, eps=params.eps, eps_step=_art_step(params), max_iter=params.steps,
+                                  targeted=params.targeted, batch_size=params.batch_size, verbose=False)
+    attack.set_params(norm=params.art_norm)  # its constructor fixes L-inf; set_params reaches the PGD underneath
+    return attack
+
+
+def _build_pgd(classifier, params: AttackParams) -> EvasionAttack:
+    return ProjectedGradientDescent(classifier, norm=params.art_norm, eps=params.eps, eps_step=_art_step(params),
+                                    decay=None, max_iter=params.steps, targeted=params.targeted,
+                                    num_random_init=int(params.random_start), batch_size=params.batch_size,
+                                    random_eps=False, summary_writer=False, verbose=False)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A named attack: its ART class, its default rule and its builder.
+
+    Attributes:
+        name: the method's name (`--method`).
+        description: one line for listings and reports.
+        art_class: the ART attack class it builds.
+        defaults: `(eps, norm) -> {"step_size", "steps", "random_start"}`, the published rule.
+        build: `(classifier, AttackParams) -> EvasionAttack`, every ART parameter set explicitly.
+        single_step: the method takes exactly one step of size eps (no `steps` or `step_size` to choose).
+        random_start_allowed: whether `random_start=True` is meaningful (BIM with one is PGD).
+    """
+
+    name: str
+    description: str
+    art_class: type
+    defaults: Callable[[float, str], dict]
+    build: Callable[..., EvasionAttack]
+    single_step: bool = False
+    random_start_allowed: bool = True
+
+
+ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
+    AttackSpec("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps",
+               FastGradientMethod, _fgsm_defaults, _build_fgsm, single_step=True),
+    AttackSpec("bim", "Basic Iterative Method (Kurakin et al. 2017): steps of 1/255, no random start",
+               BasicIterativeMethod, _bim_defaults, _build_bim, random_start_allowed=False),
+    AttackSpec("pgd", "Projected Gradient Descent (Madry et al. 2018): 40 steps of 0.01 from a random start",
+               ProjectedGradientDescent, _pgd_defaults, _build_pgd),
+)}
+
+
+def get_attack_spec(method: str) -> AttackSpec:
+    """The spec of `method`; a `ConfigError` listing the known methods if there is none."""
+    if method not in ATTACKS:
+        raise ConfigError(f"unknown attack method; known methods: {', '.join(ATTACKS)}. Received: method={method!r}")
+    return ATTACKS[method]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_eps_and_norm(eps, norm: str) -> float:
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm; known norms: {', '.join(NORMS)}. Received: norm={norm!r}")
+    upper = NORMS[norm][1]
+    if not _is_number(eps) or not math.isfinite(eps) or eps < 0 or (upper is not None and eps > upper):
+        bound = f"in [0, {upper:g}]" if upper is not None else "finite and >= 0"
+        raise ConfigError(f"eps must be a number {bound} for norm={norm!r} (pixel scale [0, 1]). Received: eps={eps!r}")
+    return float(eps)
+
+
+def attack_defaults(method: str, eps: float, norm: str = "inf") -> dict:
+    """The published step size, step count and random start of `method` at `eps`, as `make_attack` resolves them.
+
+    Args:
+        method: a name in `ATTACKS`.
+        eps: the radius of the eps-ball on the [0, 1] pixel scale.
+        norm: `"inf"` or `"2"`.
+
+    Returns:
+        `{"step_size": float, "steps": int, "random_start": bool}`.
+
+    Raises:
+        ConfigError: unknown method or norm, or eps out of range.
+    """
+    spec = get_attack_spec(method)
+    return spec.defaults(_check_eps_and_norm(eps, norm), norm)
+
+
+def resolve_params(method: str, eps: float, *, step_size: float | None = None, steps: int | None = None,
+                   norm: str = "inf", targeted: bool = False, random_start: bool | None = None,
+                   batch_size: int = 128, seed: int | None = None) -> AttackParams:
+    """Checks the arguments of `make_attack` and fills the unset ones from `attack_defaults`.
+
+    Raises:
+        ConfigError: any argument out of range, named in a one-line message that echoes it.
+    """
+    spec = get_attack_spec(method)
+    eps = _check_eps_and_norm(eps, norm)
+    defaults = spec.defaults(eps, norm)
+    if step_size is not None and (not _is_number(step_size) or not math.isfinite(step_size) or step_size <= 0):
+        raise ConfigError(f"step_size must be a finite number > 0. Received: step_size={step_size!r}")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1):
+        raise ConfigError(f"steps must be an integer >= 1. Received: steps={steps!r}")
+    if spec.single_step and (steps not in (None, 1) or step_size not in (None, eps)):
+        raise ConfigError(f"{method} takes one step of size eps; use bim or pgd for other steps. "
+                          f"Received: steps={steps!r}, step_size={step_size!r}")
+    if random_start and not spec.random_start_allowed:
+        raise ConfigError(f"{method} never starts at random (with a random start it is pgd). "
+                          f"Received: random_start={random_start!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ConfigError(f"seed must be an integer >= 0 or None. Received: seed={seed!r}")
+    return AttackParams(
+        method=method, eps=eps, norm=norm,
+        step_size=float(defaults["step_size"] if step_size is None else step_size),
+        steps=int(defaults["steps"] if steps is None else steps),
+        random_start=bool(defaults["random_start"] if random_start is None else random_start),
+        targeted=bool(targeted), batch_size=int(batch_size), seed=None if seed is None else int(seed))
+
+
+def validate_inputs(x) -> np.ndarray:
+    """Refuses images an attack cannot be trusted on.
+
+    Args:
+        x: images `(num_images, height, width, channels)`.
+
+    Returns:
+        `x` as a float32 numpy array.
+
+    Raises:
+        ConfigError: NaN or infinite pixels, or pixels outside [0, 1] (e.g. images on the 0-255 scale).
+    """
+    images = np.asarray(x, dtype=np.float32)
+    bad = int(np.size(images) - np.count_nonzero(np.isfinite(images)))
+    if bad:
+        raise ConfigError(f"attack inputs contain {bad} NaN or infinite pixels. Received: x of shape {images.shape}")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise ConfigError("attack inputs must lie in [0, 1] (the classifier's clip values). "
+                          f"Received: x in [{images.min():g}, {images.max():g}]")
+    return images
+
+
+class ConfiguredAttack(EvasionAttack):
+    """An ART attack built by `make_attack`, with its resolved parameters and a seeded random start.
+
+    `generate` checks the inputs (`validate_inputs`), then runs the ART attack with numpy's global generator seeded
+    by `params.seed` (ART draws random starts there) and restores the generator's state afterwards.
+
+    Attributes:
+        art_attack: the ART attack (FastGradientMethod, BasicIterativeMethod or ProjectedGradientDescent).
+        params: its `AttackParams`.
+    """
+
+    attack_params = EvasionAttack.attack_params
+    _estimator_requirements = ()
+
+    def __init__(self, art_attack: EvasionAttack, params: AttackParams):
+        super().__init__(estimator=art_attack.estimator)
+        self.art_attack = art_attack
+        self.params = params
+        self.targeted = params.targeted
+
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        """Adversarial images `(num_images, height, width, channels)` in the eps-ball around `x` and in [0, 1].
+
+        Args:
+            x: images `(num_images, height, width, channels)` float32 in [0, 1].
+            y: true labels (untargeted; None: the model's predictions, which avoids label leaking) or target labels
+                (targeted, required), as integers `(num_images,)` or one-hot `(num_images, num_classes)`.
+            **kwargs: passed to the ART attack (e.g. `mask`).
+        """
+        images = validate_inputs(x)
+        if self.params.targeted and y is None:
+            raise ConfigError("a targeted attack needs target labels. Received: y=None")
+        if self.params.seed is None:
+            return self.art_attack.generate(x=images, y=y, **kwargs)
+        state = np.random.get_state()
+        np.random.seed(self.params.seed)
+        try:
+            return self.art_attack.generate(x=images, y=y, **kwargs)
+        finally:
+            np.random.set_state(state)
+
+    def record(self) -> dict:
+        """The attack's parameters for a report, with the attack loss and the ART class that ran."""
+        return {**asdict(self.params), "loss": getattr(self.estimator, "loss_name", None),
+                "art_class": type(self.art_attack).__name__}
+
+
+def make_attack(method: str, classifier, eps: float, *, step_size: float | None = None, steps: int | None = None,
+                norm: str = "inf", targeted: bool = False, random_start: bool | None = None, batch_size: int = 128,
+                seed: int | None = None) -> ConfiguredAttack:
+    """Builds a named ART evasion attack against `classifier` with every parameter set explicitly.
+
+    Args:
+        method: `"fgsm"`, `"bim"` or `"pgd"` (`ATTACKS`).
+        classifier: an ART classifier with loss gradients, e.g. `capsrobust.art_bridge.to_art_classifier(model)`.
+        eps: the radius of the eps-ball on the [0, 1] pixel scale: in [0, 1] for L-inf, finite and >= 0 for L2.
+        step_size: the size of each step; None for the method's published default (`attack_defaults`).
+        steps: the number of steps; None for the default. FGSM takes exactly one step of size eps. Each of
+            `step_size` and `steps` left None keeps its own default, so with BIM's 1/255 step a short run cannot reach
+            a large eps (`steps=5` moves at most 5/255): set both, e.g. `step_size=2.5 * eps / steps`.
+        norm: `"inf"` (default) or `"2"`.
+        targeted: move towards target labels given to `generate` instead of away from the true ones.
+        random_start: start from a uniform random point in the eps-ball; None for the default (PGD only).
+        batch_size: images per attack batch.
+        seed: seeds the random start, making the attack deterministic; None leaves numpy's generator alone.
+
+    Returns:
+        A `ConfiguredAttack` (an ART `EvasionAttack`); `record()` gives its parameters.
+
+    Raises:
+        ConfigError: unknown method or norm, eps out of range, step_size <= 0 or non-finite, steps < 1, or a
+            parameter the method does not take.
+    """
+    params = resolve_params(method, eps, step_size=step_size, steps=steps, norm=norm, targeted=targeted,
+                            random_start=random_start, batch_size=batch_size, seed=seed)
+    return ConfiguredAttack(ATTACKS[method].build(classifier, params), params)

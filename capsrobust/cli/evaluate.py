@@ -1,0 +1,110 @@
+"""Shared machinery of `attack`, `detect`, `compare` and `demo`: load models, run the sweep, print and save."""
+
+import argparse
+from pathlib import Path
+
+from capsrobust.cli.args import add_data_args, add_store_arg, eps_list, non_negative_int, positive_float, positive_int
+
+DEFAULT_LIMIT = 1000
+
+
+def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_default: str,
+                    limit_default: int = DEFAULT_LIMIT) -> None:
+    group = parser.add_argument_group("attack")
+    group.add_argument("--method", "--methods", dest="methods", default=methods_default, metavar="NAMES",
+                       help=f"attacks, comma-separated: fgsm, bim, pgd (default {methods_default})")
+    group.add_argument("--eps", type=eps_list, default=eps_list(eps_default), metavar="E[,E...]",
+                       help=f"perturbation budgets in [0, 1] (default {eps_default})")
+    group.add_argument("--norm", choices=("inf", "2"), default="inf", help="L-inf (default) or L2 budget")
+    group.add_argument("--steps", type=positive_int,
+                       help="iterations (default: BIM per Kurakin et al., PGD 40); without --step-size the step "
+                            "becomes 2.5 eps / steps")
+    group.add_argument("--step-size", type=positive_float, help="step per iteration (default: BIM 1/255, PGD 0.01)")
+    group.add_argument("--random-start", action="store_true", default=None, help="start from a random point in the "
+                                                                                  "eps-ball (PGD's default)")
+    group.add_argument("--targeted", action="store_true", help="aim for a random wrong class instead")
+    group.add_argument("--loss", choices=("model", "ce"), default="model",
+                       help="attack loss: the model's own training loss (default) or cross-entropy on its scores")
+    group.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (128)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
+    group.add_argument("--no-checks", dest="trust_checks", action="store_false",
+                       help="skip the trust checks (eps=1 attack, random-noise baseline)")
+    group.add_argument("--output", metavar="DIR", help="where result directories go (default ./capsrobust-output)")
+    add_data_args(parser)
+    parser.set_defaults(limit=limit_default)
+    add_store_arg(parser)
+
+
+def sweep_config(args, methods: tuple[str, ...]):
+    from capsrobust.sweep import SweepConfig
+
+    return SweepConfig(methods=methods, eps_values=args.eps, loss=args.loss, norm=args.norm,
+                       step_size=args.step_size, steps=args.steps, random_start=args.random_start,
+                       targeted=args.targeted, batch_size=args.batch_size, seed=args.seed,
+                       trust_checks=args.trust_checks)
+
+
+def check_methods(text: str) -> tuple[str, ...]:
+    from attacks import get_attack_spec
+
+    methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    for method in methods:
+        get_attack_spec(method)  # one-line ConfigError for an unknown name
+    return methods
+
+
+def load_under_test(store, entry, args, need_detector: bool = False):
+    """The entry's model, its evaluation data and (if it has a decoder) its detector."""
+    from capsrobust.data import load_dataset
+    from capsrobust.detection import ReconstructionDetector, reconstruction_distances
+    from capsrobust.errors import ConfigError
+    from capsrobust.sweep import ModelUnderTest
+
+    model = store.load(entry)
+    trained_on = entry.card["dataset"]
+    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset,
+                           val_size=trained_on.get("val"), val_seed=trained_on.get("val_seed"))
+    detector = None
+    if model.has_decoder:
+        stored = entry.card.get("detector")
+        detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
+            reconstruction_distances(model, dataset.x_val, args.batch_size))
+    elif need_detector:
+        raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
+                          f"or cnn-recon")
+    family = entry.card.get("family", "capsule" if model.score_kind == "lengths" else "cnn")
+    return ModelUnderTest(entry.id, entry.model, family, model, entry.card, detector), dataset
+
+
+def run_and_report(command: str, under_test: list, dataset, config, args, detection: bool = True) -> Path:
+    """Runs the sweep with a progress bar, prints the tables, writes JSON, CSV and figures; returns the directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from capsrobust import plots, report
+    from capsrobust.console import console, err_console
+    from capsrobust.sweep import run_sweep
+
+    images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
+    with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        result = run_sweep(under_test, config, images, labels, progress=progress)
+    out_dir = Path(args.output or "capsrobust-output") / report.output_dir_name(
+        command, [m.id for m in under_test], dataset.name, config)
+    metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
+                "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
+                           for m in under_test}}
+    try:
+        report.write_results(result, out_dir, metadata)
+        plots.write_figures(result, out_dir)
+    except OSError as error:
+        from capsrobust.errors import CapsrobustError
+
+        raise CapsrobustError(f"cannot write results to {out_dir}: {error.strerror}") from None
+    title = f"{command}: {len(images)} {dataset.name} test images ({dataset.source}), {result.seconds:.0f}s"
+    console.print(report.results_table(result, title, detection=detection))
+    console.print(report.describe_attacks(result), highlight=False)
+    if result.checks:
+        console.print(report.checks_table(result))
+    console.print(f"results, grids and plots in {out_dir}")
+    return out_dir

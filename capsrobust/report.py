@@ -1,0 +1,108 @@
+"""Sweep reports: `rich` tables on the terminal, the same numbers as JSON and CSV, and the figures (see `plots`)."""
+
+import csv
+import datetime
+import io
+import json
+import re
+from pathlib import Path
+
+from rich.table import Table
+
+from capsrobust.io import atomic_path, write_json
+from capsrobust.sweep import SweepResult, config_dict
+
+CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_step_size",
+              "attack_steps", "attack_random_start", "images", "attacked", "clean_accuracy", "adversarial_accuracy",
+              "attack_success_rate", "linf_mean", "linf_max", "l2_mean", "l2_max", "detector_threshold",
+              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "seconds"]
+
+
+def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
+    """A directory name that says what ran, e.g. `attack-capsnet-mnist-bim-eps0.1-20261121-120000`."""
+    models = "+".join(sorted({_short(m) for m in model_ids}))
+    eps = ",".join(f"{e:g}" for e in config.eps_values)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{command}-{models}-{dataset}-{'+'.join(config.methods)}-eps{eps}-{stamp}"
+    return re.sub(r"[^A-Za-z0-9_.,+-]", "_", name)[:200]
+
+
+def _short(model_id: str) -> str:
+    """The registry name part of a store id (`capsnet-small-mnist-2026...` -> `capsnet-small`)."""
+    match = re.match(r"(.+?)-(mnist|fashion-mnist|smallnorb)-\d{8}-\d{6}-[0-9a-f]+$", model_id)
+    return match.group(1) if match else model_id
+
+
+def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
+    """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
+                                        "cells": result.cells, "checks": result.checks, "noise": result.noise})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(result.cells)
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def results_table(result: SweepResult, title: str, detection: bool = True) -> Table:
+    """One row per (model, attack, eps)."""
+    table = Table(title=title)
+    columns = ["model", "attack", "eps", "clean acc", "adv acc", "success", "L∞ mean", "L2 mean"]
+    if detection:
+        columns += ["det. FPR", "det. rate", "AUROC", "undetected"]
+    columns.append("time")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "attack") else "right")
+    for c in result.cells:
+        row = [_short(c["model_id"]), c["attack"], f"{c['eps']:g}", _pct(c["clean_accuracy"]),
+               _pct(c["adversarial_accuracy"]), _pct(c["attack_success_rate"]), f"{c['linf_mean']:.3f}",
+               f"{c['l2_mean']:.2f}"]
+        if detection:
+            row += [_pct(c["detector_fpr"]), _pct(c["detection_rate"]),
+                    "—" if c["auroc"] is None else f"{c['auroc']:.3f}", _pct(c["undetected_success_rate"])]
+        row.append(f"{c['seconds']:.1f}s")
+        table.add_row(*row)
+    return table
+
+
+def checks_table(result: SweepResult) -> Table:
+    """Trust checks: one row per (check, model) that passed everywhere, one red row per failure with its hint."""
+    table = Table(title="trust checks (Carlini et al. 2019)")
+    for column in ("check", "model", "result", "detail"):
+        table.add_column(column)
+    groups: dict = {}
+    for check in result.checks:
+        groups.setdefault((check["check"], check["model_id"]), []).append(check)
+    for (name, model_id), checks in groups.items():
+        failed = [c for c in checks if not c["passed"]]
+        if not failed:
+            detail = checks[0]["detail"] if len(checks) == 1 else f"all {len(checks)} comparisons"
+            table.add_row(name, _short(model_id), "[green]pass[/]", detail)
+        for check in failed:
+            table.add_row(name, _short(model_id), "[bold red]FAIL[/]", f"[red]{check['detail']} — {check['hint']}[/]")
+    return table
+
+
+def describe_attacks(result: SweepResult) -> str:
+    """One line per attack saying exactly what ran (reports must state the loss and every parameter)."""
+    lines = []
+    seen = set()
+    for c in result.cells:
+        key = (c["attack"], c["eps"])
+        if key in seen:
+            continue
+        seen.add(key)
+        lines.append(f"{c['attack']} eps={c['eps']:g}: norm L{c['norm']}, step {c.get('attack_step_size', 0):.4g}, "
+                     f"{c.get('attack_steps')} steps, random start {c.get('attack_random_start')}, "
+                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c['loss']}")
+    return "\n".join(lines)
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,114 @@
+"""The ART bridge: batched predictions equal the model's scores; loss gradients equal a direct tf.GradientTape."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from art.estimators.classification import TensorFlowV2Classifier
+
+from capsrobust.art_bridge import LOSSES, to_art_classifier
+from capsrobust.errors import ConfigError
+from capsrobust.losses import softmax_cross_entropy
+from capsrobust.models import create_model
+
+FAMILIES = {"capsule": "capsnet-small", "cnn": "cnn-small"}
+BATCH_SIZE = 64
+NUM_IMAGES = 150  # more than two batches, the last one partial
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Freshly built models: exactness of predictions and gradients needs no training."""
+    tf.keras.utils.set_random_seed(0)
+    return {family: create_model(name) for family, name in FAMILIES.items()}
+
+
+@pytest.fixture(scope="module")
+def images_and_labels(mnist_subset):
+    return mnist_subset.x_test[:NUM_IMAGES], mnist_subset.y_test[:NUM_IMAGES]
+
+
+def _tape_gradient(model, loss, images, labels):
+    """Gradient of the sum of per-example attack losses, straight from the model."""
+    one_hot = tf.one_hot(labels, model.num_classes)
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        scores = model(x, training=False)["scores"]
+        per_example = model.classification_loss(one_hot, scores) if loss == "model" else softmax_cross_entropy(
+            one_hot, scores)
+        total = tf.reduce_sum(per_example)
+    return tape.gradient(total, x).numpy(), per_example.numpy()
+
+
+def test_classifier_carries_the_models_interface(models):
+    classifier = to_art_classifier(models["capsule"])
+    assert isinstance(classifier, TensorFlowV2Classifier)
+    assert classifier.nb_classes == 10 and classifier.input_shape == (28, 28, 1)
+    assert tuple(classifier.clip_values) == (0, 1) and not classifier.channels_first
+    assert classifier.loss_name == "model" and LOSSES == ("model", "ce")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_predictions_equal_the_models_scores_in_batches(models, images_and_labels, family):
+    model, (images, _) = models[family], images_and_labels
+    classifier = to_art_classifier(model, batch_size=BATCH_SIZE)
+    seen = []
+    compiled = classifier._compiled_scores[False]
+    classifier._compiled_scores[False] = lambda batch: seen.append(len(batch)) or compiled(batch)
+    predictions = classifier.predict(images)
+    assert seen == [64, 64, 22]  # ART 1.20's own predict would push all 150 at once
+    np.testing.assert_allclose(predictions, model(images, training=False)["scores"].numpy(), atol=1e-5)
+    seen.clear()
+    classifier.predict(images, batch_size=100)
+    assert seen == [100, 50]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_gradient_equals_a_direct_gradient_tape(models, images_and_labels, family, loss):
+    model, (images, labels) = models[family], images_and_labels
+    classifier = to_art_classifier(model, loss=loss, batch_size=BATCH_SIZE)
+    expected, per_example = _tape_gradient(model, loss, images, labels)
+    gradient = classifier.loss_gradient(images, np.eye(10, dtype="float32")[labels])
+    assert gradient.shape == images.shape and np.abs(expected).max() > 0
+    np.testing.assert_allclose(gradient, expected, atol=1e-6 * np.abs(expected).max() + 1e-9, rtol=1e-4)
+    # Integer labels, a tf.Tensor input (ART's TensorFlow PGD passes tensors) and another batching give the same rows.
+    np.testing.assert_allclose(classifier.loss_gradient(images[:10], labels[:10]), gradient[:10], rtol=1e-4,
+                               atol=1e-6 * np.abs(expected).max() + 1e-9)
+    as_tensor = classifier.loss_gradient(tf.constant(images[:10]), tf.one_hot(labels[:10], 10))
+    assert tf.is_tensor(as_tensor)
+    np.testing.assert_allclose(as_tensor.numpy(), gradient[:10], rtol=1e-4, atol=1e-6 * np.abs(expected).max() + 1e-9)
+    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(classifier.compute_loss(images, labels, reduction="mean"), per_example.mean(),
+                               rtol=1e-5)
+
+
+def test_the_two_losses_differ_on_capsules_and_agree_on_cnns(models, images_and_labels):
+    images, labels = images_and_labels[0][:20], images_and_labels[1][:20]
+    for family, same in (("capsule", False), ("cnn", True)):
+        margin, ce = (to_art_classifier(models[family], loss=loss).compute_loss(images, labels) for loss in LOSSES)
+        assert np.allclose(margin, ce) == same, family
+
+
+def test_class_gradient_is_batched_and_exact(models, images_and_labels):
+    model, images, labels = models["cnn"], images_and_labels[0][:20], images_and_labels[1][:20]
+    classifier = to_art_classifier(model, batch_size=8)
+    x = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        picked = tf.reduce_sum(tf.gather(model(x, training=False)["scores"], labels, batch_dims=1))
+    expected = tape.gradient(picked, x).numpy()
+    np.testing.assert_allclose(classifier.class_gradient(images, label=labels)[:, 0], expected, rtol=1e-4, atol=1e-7)
+    every_class = classifier.class_gradient(images)
+    assert every_class.shape == (20, 10, 28, 28, 1)
+    np.testing.assert_allclose(every_class[np.arange(20), labels], expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, argument", [({"loss": "margin"}, "loss='margin'"),
+                                              ({"loss": "CE"}, "loss='CE'"),
+                                              ({"batch_size": 0}, "batch_size=0")])
+def test_bad_arguments_raise_one_line_config_errors(models, kwargs, argument):
+    with pytest.raises(ConfigError) as error:
+        to_art_classifier(models["cnn"], **kwargs)
+    message = str(error.value)
+    assert "\n" not in message and f"Received: {argument}" in message

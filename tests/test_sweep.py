@@ -1,0 +1,62 @@
+"""A sweep on trained tiny models: every field present, numbers consistent, trust checks computed."""
+
+import json
+
+import numpy as np
+import pytest
+
+from capsrobust import plots, report
+from capsrobust.detection import ReconstructionDetector, reconstruction_distances
+from capsrobust.models import model_config
+from capsrobust.sweep import ModelUnderTest, SweepConfig, run_sweep
+from capsrobust.training import TrainSettings, fit
+
+
+@pytest.fixture(scope="module")
+def trained_capsnet(tmp_path_factory):
+    from capsrobust.data import load_dataset
+
+    data = load_dataset("mnist", subset=True)
+    model = fit("capsnet-small", model_config("capsnet-small"), data, TrainSettings(epochs=2, batch_size=64),
+                tmp_path_factory.mktemp("run")).model
+    detector = ReconstructionDetector.fit(reconstruction_distances(model, data.x_val))
+    return ModelUnderTest("capsnet-small-mnist-20260101-000000-abcdef", "capsnet-small", "capsule", model, {},
+                          detector), data
+
+
+def test_sweep_fields_and_outputs(trained_capsnet, tmp_path):
+    mut, data = trained_capsnet
+    config = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.0, 0.1, 0.3), steps=5, examples=4)
+    images, labels = data.x_test[:60], data.y_test[:60]
+    result = run_sweep([mut], config, images, labels)
+    assert len(result.cells) == 6
+    for cell in result.cells:
+        assert set(report.CSV_FIELDS) <= set(cell)
+        assert cell["linf_max"] <= cell["eps"] + 1e-6
+        assert cell["adversarial_accuracy"] <= cell["clean_accuracy"] + 1e-9
+    at_zero = [c for c in result.cells if c["eps"] == 0.0]
+    assert all(c["adversarial_accuracy"] == c["clean_accuracy"] and c["linf_max"] == 0 for c in at_zero)
+    strongest = next(c for c in result.cells if c["attack"] == "bim" and c["eps"] == 0.3)
+    assert strongest["adversarial_accuracy"] < 0.5
+    assert 0 <= strongest["undetected_success_rate"] <= strongest["attack_success_rate"]
+    names = {c["check"] for c in result.checks}
+    assert names == {"iterative >= single-step", "accuracy non-increasing in eps", "stronger than random noise",
+                     "unbounded attack wins"}
+
+    report.write_results(result, tmp_path, {"command": "test"})
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(saved["cells"]) == 6 and saved["config"]["methods"] == ["fgsm", "bim"]
+    assert (tmp_path / "sweep.csv").read_text().count("\n") == 7
+    written = plots.write_figures(result, tmp_path)
+    assert (tmp_path / "accuracy_vs_eps.png").stat().st_size > 1000 and (tmp_path / "roc.png").exists()
+    assert len(written) == 2 + 6
+
+
+def test_nan_inputs_are_refused(trained_capsnet):
+    from capsrobust.errors import ConfigError
+
+    mut, data = trained_capsnet
+    images = data.x_test[:4].copy()
+    images[0, 0, 0, 0] = np.nan
+    with pytest.raises(ConfigError):
+        run_sweep([mut], SweepConfig(methods=("fgsm",), eps_values=(0.1,)), images, data.y_test[:4])
