@@ -29,8 +29,8 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
 class ShiftedBatches(keras.utils.PyDataset):
     """Shuffled, shift-augmented training batches; epoch `e`'s batches depend only on `(seed, e)`.
 
-    That makes a resumed run see exactly the batches an uninterrupted one would have. The trainer sets `epoch` at
-    the start of every epoch.
+    That makes a resumed run see exactly the batches an uninterrupted one would have. The trainer sets `epoch` before
+    each epoch's iterator is created.
 
     Each item is `({"image": images, "label": one_hot}, one_hot)` with images `(batch_size, height, width, channels)`
     and labels `(batch_size, num_classes)`; the label input lets capsule decoders mask by the true class.

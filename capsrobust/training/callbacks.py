@@ -30,28 +30,22 @@ class NanGuard(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every finished epoch: record it in the run state, checkpoint it, and apply early stopping.
 
-    Also tells the batch stream which epoch it is serving, so every epoch's shuffle and shifts depend only on the
-    seed and the epoch number.
-
     Args:
         run_dir: the run directory.
         state: the run state, updated in place.
-        batches: the `ShiftedBatches` training stream.
         guard: the `NanGuard`; an epoch during which it tripped is not checkpointed.
         patience: stop when validation accuracy has not improved for this many epochs (None: never).
     """
 
-    def __init__(self, run_dir, state: RunState, batches, guard: NanGuard, patience: int | None = None):
+    def __init__(self, run_dir, state: RunState, guard: NanGuard, patience: int | None = None):
         super().__init__()
         self.run_dir = run_dir
         self.state = state
-        self.batches = batches
         self.guard = guard
         self.patience = patience
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.batches.epoch = epoch
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -1,14 +1,17 @@
 """Per-epoch checkpoints of a training run: weights, optimizer state and progress, written so a kill loses nothing.
 
-A run directory holds `epoch-NNNN.weights.h5` for the last completed epoch (Keras stores the optimizer's variables,
-its step count included, beside the model's), `best.weights.h5` for the best validation epoch, and `state.json`,
+A run directory holds `epoch-NNNN.weights.h5` and `epoch-NNNN.optimizer.npz` (Adam's moments and step count) for
+the last completed epoch, `best.weights.h5` for the best validation epoch, and `state.json`,
 which names the epoch. Files are written under temporary names and renamed; `state.json` is replaced last, so after
-a kill at any instant it points at a complete checkpoint. Nothing here uses pickle: all of it is HDF5 arrays and JSON.
+a kill at any instant it points at a complete checkpoint. Nothing here uses pickle: all of it is HDF5, `.npz`
+arrays loaded with `allow_pickle=False`, and JSON.
 """
 
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from capsrobust.io import atomic_path, read_json, write_json
 
@@ -60,6 +63,13 @@ def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> No
     stem = _epoch_stem(state.epoch)
     with atomic_path(run_dir / f"{stem}.weights.h5", suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
+    # The optimizer's variables again, explicitly: restoring them through `load_weights` into a built optimizer did
+    # not reproduce an uninterrupted run (the resume test caught it); `load_own_variables` does.
+    with atomic_path(run_dir / f"{stem}.optimizer.npz") as tmp:
+        variables: dict = {}
+        model.optimizer.save_own_variables(variables)
+        with open(tmp, "wb") as f:
+            np.savez(f, **variables)
     if improved:
         with atomic_path(run_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
@@ -71,8 +81,11 @@ def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> No
 
 def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
     """Loads the weights and optimizer state of `state.epoch` into a compiled `model`."""
-    model.optimizer.build(model.trainable_variables)  # so that loading fills the optimizer's variables too
-    model.load_weights(Path(run_dir) / f"{_epoch_stem(state.epoch)}.weights.h5")
+    stem = Path(run_dir) / _epoch_stem(state.epoch)
+    model.load_weights(f"{stem}.weights.h5")
+    model.optimizer.build(model.trainable_variables)
+    with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
+        model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

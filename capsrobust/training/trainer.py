@@ -129,7 +129,7 @@ def _tensorboard_available() -> bool:
 
 def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
     guard = NanGuard()
-    callbacks = [guard, EpochCheckpoint(run_dir, state, batches, guard, settings.early_stopping),
+    callbacks = [guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
@@ -139,8 +139,14 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
     if len(dataset.x_val):
         val_labels = _one_hot(dataset.y_val, dataset.num_classes)
         validation = ({"image": dataset.x_val, "label": val_labels}, val_labels)
-    model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
-              epochs=settings.epochs, initial_epoch=state.epoch, callbacks=callbacks, verbose=0)
+    # One `fit` call per epoch: the batch stream learns its epoch before Keras creates (and starts prefetching
+    # from) that epoch's iterator, so epoch e's batches never depend on when a callback happened to run.
+    for epoch in range(state.epoch, settings.epochs):
+        batches.epoch = epoch
+        model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
+                  epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0)
+        if model.stop_training or guard.tripped_at is not None:
+            break
     if guard.tripped_at is not None:
         epoch, batch = guard.tripped_at
         kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
