@@ -18,6 +18,19 @@ def _small(dataset, n_train=1024, n_val=256):
                                x_val=dataset.x_val[:n_val], y_val=dataset.y_val[:n_val])
 
 
+def _straight_and_resumed(dataset, tmp_path):
+    """Two runs of 2 epochs: one uninterrupted, one "interrupted" after epoch 1 and resumed in the same directory."""
+    data = _small(dataset)
+    config = model_config("capsnet-small")
+    straight = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
+    fit("capsnet-small", config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
+    state = load_state(tmp_path / "b")
+    state.finished = False
+    (tmp_path / "b" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    resumed = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "b")
+    return straight, resumed
+
+
 @pytest.mark.parametrize("name", ["capsnet-small", "cnn-small"])
 def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
     result = fit(name, model_config(name), mnist_subset, TrainSettings(epochs=2, batch_size=64), tmp_path)
@@ -29,15 +42,7 @@ def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
 
 
 def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(mnist_subset, tmp_path):
-    data = _small(mnist_subset)
-    config = model_config("capsnet-small")
-    straight = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
-    # "Interrupted" after epoch 1: a run asked for 1 epoch, then resumed in the same directory up to 2.
-    fit("capsnet-small", config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
-    state = load_state(tmp_path / "b")
-    state.finished = False
-    (tmp_path / "b" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
-    resumed = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "b")
+    straight, resumed = _straight_and_resumed(mnist_subset, tmp_path)
     assert [h["epoch"] for h in resumed.state.history] == [1, 2]
     assert int(resumed.model.optimizer.iterations.numpy()) == int(straight.model.optimizer.iterations.numpy())
     assert resumed.state.history[0] == straight.state.history[0]  # epoch 1 is bit-identical (determinism)
@@ -46,14 +51,7 @@ def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(mnist
 @pytest.mark.xfail(reason="open bug: a resumed epoch differs from the uninterrupted one (max |dw| ~0.01); "
                           "not the batch order and not Adam's moments, cause still unknown", strict=True)
 def test_resumed_weights_equal_uninterrupted_weights(mnist_subset, tmp_path):
-    data = _small(mnist_subset)
-    config = model_config("capsnet-small")
-    straight = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
-    fit("capsnet-small", config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
-    state = load_state(tmp_path / "b")
-    state.finished = False
-    (tmp_path / "b" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
-    resumed = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "b")
+    straight, resumed = _straight_and_resumed(mnist_subset, tmp_path)
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
