@@ -95,3 +95,25 @@ def write_figures(result: SweepResult, out_dir: Path) -> list[Path]:
         name = f"grid-{_short(model_id)}-{attack}-eps{eps:g}.png"
         paths.append(example_grid(example, f"{_short(model_id)}: {attack} eps={eps:g}", out_dir / name))
     return paths
+
+
+def pose_grid(reconstructions: np.ndarray, offsets, title: str, path: Path) -> Path:
+    """One image's pose manipulation grid: a row per pose dimension, a column per offset.
+
+    Args:
+        reconstructions: `(pose_dim, len(offsets), height, width, channels)` from `pose_perturbations`.
+    """
+    dims, steps = reconstructions.shape[:2]
+    figure, axes = plt.subplots(dims, steps, figsize=(0.62 * steps, 0.62 * dims), squeeze=False)
+    for d in range(dims):
+        for s in range(steps):
+            ax = axes[d][s]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(reconstructions[d, s].squeeze(), cmap="gray", vmin=0, vmax=1)
+            if s == 0:
+                ax.set_ylabel(f"dim {d}", fontsize=6)
+            if d == 0:
+                ax.set_title(f"{offsets[s]:+.2f}", fontsize=6)
+    figure.suptitle(title, fontsize=8)
+    return _save(figure, path)

@@ -112,3 +112,41 @@ def test_bad_arguments_raise_one_line_config_errors(models, kwargs, argument):
         to_art_classifier(models["cnn"], **kwargs)
     message = str(error.value)
     assert "\n" not in message and f"Received: {argument}" in message
+
+
+@pytest.fixture
+def float64_models():
+    """Freshly built float64 models, so that a finite difference resolves their small untrained gradients."""
+    import keras
+
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        tf.keras.utils.set_random_seed(1)
+        yield {family: create_model(name) for family, name in {**FAMILIES, "cnn-decoder": "cnn-recon"}.items()}
+    finally:
+        keras.config.set_floatx(previous)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_loss_gradient_matches_a_central_finite_difference(float64_models, mnist_subset, loss):
+    # A little noise off the black background: at exact zeros every ReLU and max-pool sits on its kink, where the
+    # one-sided derivatives a finite difference averages differ from the subgradient backpropagation picks.
+    rng = np.random.default_rng(0)
+    images = np.clip(mnist_subset.x_test[:3] + rng.uniform(0, 0.1, (3, 28, 28, 1)), 0, 1)
+    labels = mnist_subset.y_test[:3]
+    step = 1e-4  # small enough that no max-pool window changes its winner; float32 pixels still resolve it to 3e-4
+    for family, model in float64_models.items():
+        classifier = to_art_classifier(model, loss=loss)
+        gradient = classifier.loss_gradient(images, labels)
+        for i in range(len(images)):
+            flat = np.abs(gradient[i]).ravel()
+            for pixel in [*np.argsort(flat)[-4:], rng.integers(flat.size)]:  # the steepest four and a random one
+                where = np.unravel_index(pixel, images.shape[1:])
+                shifted = np.repeat(images[i:i + 1], 2, axis=0)
+                shifted[(0, *where)] += step
+                shifted[(1, *where)] -= step
+                up, down = classifier.compute_loss(shifted, np.repeat(labels[i:i + 1], 2))
+                difference = (up - down) / (2 * step)
+                assert difference == pytest.approx(gradient[i][where], rel=2e-2, abs=1e-3 * flat.max()), (
+                    family, i, where)

@@ -163,3 +163,20 @@ def test_inputs_with_nan_inf_or_out_of_range_pixels_are_refused(clean, bad):
     with pytest.raises(ConfigError) as error:
         validate_inputs(images)
     assert "\n" not in str(error.value) and "Received:" in str(error.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fgsm_is_exact_sign_steps_of_eps(classifiers, clean, family):
+    """At eps = 0 nothing changes; at eps > 0 every pixel with a non-zero gradient moves by exactly eps in the
+    gradient's sign, or stops at the clip bound it would cross."""
+    classifier, (images, labels) = classifiers[family], clean[family]
+    np.testing.assert_array_equal(make_attack("fgsm", classifier, 0.0).generate(images, labels), images)
+    eps = 0.1
+    adversarial = make_attack("fgsm", classifier, eps).generate(images, labels)
+    sign = np.sign(classifier.loss_gradient(images, labels))
+    expected = np.clip(images + eps * sign, 0.0, 1.0)
+    np.testing.assert_allclose(adversarial, expected, atol=1e-6)
+    moved = np.abs(adversarial - images)
+    interior = (sign != 0) & (expected > 0) & (expected < 1)
+    np.testing.assert_allclose(moved[interior], eps, atol=1e-6)
+    assert np.mean(sign != 0) > 0.5  # the check covers most pixels, not only a few with a gradient

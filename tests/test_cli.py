@@ -29,6 +29,9 @@ def test_train_models_test_end_to_end(tmp_path):
     accuracy = float(tested.stdout.split("│")[-4])  # the accuracy cell of the result row
     assert accuracy > 0.7
 
+    no_decoder = capsrobust("visualize", "--model", "cnn-small", home=tmp_path)
+    assert no_decoder.returncode == 2 and "no reconstruction decoder" in no_decoder.stderr
+
 
 @pytest.mark.parametrize("args, message", [
     (["train", "mnist", "--subset", "--model", "resnet"], "unknown model 'resnet'"),
@@ -59,6 +62,12 @@ def test_attack_and_detect_end_to_end(tmp_path):
     (result_dir,) = out.iterdir()
     assert result_dir.name.startswith("attack-cnn-recon-mnist-fgsm+bim-eps0.1,0.2-")
     assert {"sweep.json", "sweep.csv", "accuracy_vs_eps.png", "roc.png"} <= {p.name for p in result_dir.iterdir()}
+
+    grids = capsrobust("visualize", "--model", "cnn-recon", "--images", "2", "--first", "7", "--output", str(out),
+                       home=tmp_path)
+    assert grids.returncode == 0, grids.stderr
+    (grid_dir,) = out.glob("visualize-cnn-recon-mnist-*")
+    assert sorted(p.name for p in grid_dir.iterdir()) == ["pose-grid-7.png", "pose-grid-8.png"]
 
     refused = capsrobust("detect", "--model", "cnn-recon", "--eps", "1.5", home=tmp_path)
     assert refused.returncode == 2 and "eps must be in [0, 1]" in refused.stderr

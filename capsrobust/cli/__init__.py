@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from capsrobust import __version__
-from capsrobust.cli import attack, compare, demo, models, test, train
+from capsrobust.cli import attack, compare, demo, models, test, train, visualize
 
-COMMANDS = (train, test, models, attack, compare, demo)
+COMMANDS = (train, test, models, attack, compare, demo, visualize)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,59 @@
+"""`capsrobust visualize`: pose manipulation grids of a stored capsule model (or cnn-recon)."""
+
+import argparse
+from pathlib import Path
+
+from capsrobust.cli.args import add_data_args, add_store_arg, non_negative_int, positive_int
+
+HELP = "pose manipulation grids: each capsule dimension stepped from -0.25 to 0.25 and decoded"
+EXAMPLES = """examples:
+  capsrobust visualize                                   the best stored capsnet, the first 4 test images
+  capsrobust visualize --model capsnet-small --images 2 --first 10 --output figures
+"""
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("visualize", help=HELP, description=HELP, epilog=EXAMPLES,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="capsnet", help="model name (its best stored entry) or a store entry id; "
+                                                           "default capsnet")
+    parser.add_argument("--dataset", help="pick the best entry trained on this data set")
+    parser.add_argument("--images", type=positive_int, default=4, help="how many test images (4)")
+    parser.add_argument("--first", type=non_negative_int, default=0, help="index of the first test image (0)")
+    parser.add_argument("--output", metavar="DIR", help="where the grids go (default ./capsrobust-output)")
+    add_data_args(parser)
+    add_store_arg(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from capsrobust import plots
+    from capsrobust.console import console
+    from capsrobust.data import load_dataset
+    from capsrobust.errors import CapsrobustError, ConfigError
+    from capsrobust.pose_grid import OFFSETS, pose_perturbations
+    from capsrobust.store import ModelStore
+
+    store = ModelStore(args.store)
+    entry = store.resolve(args.model, dataset=args.dataset)
+    trained_on = entry.card["dataset"]
+    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset)
+    if args.first >= len(dataset.x_test):
+        raise ConfigError(f"--first {args.first} is past the {len(dataset.x_test)} test images")
+    images = dataset.x_test[args.first:args.first + args.images]
+    labels = dataset.y_test[args.first:args.first + args.images]
+    reconstructions, predictions = pose_perturbations(store.load(entry), images)
+
+    out_dir = Path(args.output or "capsrobust-output") / f"visualize-{entry.id}"
+    paths = []
+    try:
+        for i, (grid, label, predicted) in enumerate(zip(reconstructions, labels, predictions)):
+            index = args.first + i
+            title = f"{entry.model}: test image {index}, label {label}, pose of predicted class {predicted}"
+            paths.append(plots.pose_grid(grid, OFFSETS, title, out_dir / f"pose-grid-{index}.png"))
+    except OSError as error:
+        raise CapsrobustError(f"cannot write grids to {out_dir}: {error.strerror}") from None
+    console.print(f"{len(paths)} pose grids ({reconstructions.shape[1]} dimensions x {len(OFFSETS)} offsets) "
+                  f"in {out_dir}")
+    return 0
