@@ -49,3 +49,19 @@ def softmax_cross_entropy(labels, logits):
         `(batch_size,)` losses.
     """
     return ops.categorical_crossentropy(ops.cast(labels, logits.dtype), logits, from_logits=True)
+
+
+def spread_loss(labels, activations, margin):
+    """Spread loss of Hinton, Sabour & Frosst (2018), eq. 3: `sum_{i != t} max(0, m - (a_t - a_i))^2`.
+
+    Args:
+        labels: one-hot targets, `(batch_size, num_classes)`.
+        activations: class capsule activations `a`, `(batch_size, num_classes)`.
+        margin: `m`, a scalar (the paper grows it from 0.2 to 0.9 during training).
+
+    Returns:
+        `(batch_size,)` losses.
+    """
+    labels = ops.cast(labels, activations.dtype)
+    target = ops.sum(labels * activations, axis=-1, keepdims=True)
+    return ops.sum((1.0 - labels) * ops.square(ops.relu(margin - (target - activations))), axis=-1)

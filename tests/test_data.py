@@ -74,7 +74,7 @@ def one_line_error(excinfo, *parts):
 # --- the bundled subset ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list_datasets())
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
 def test_subset_loads(name):
     ds = load_dataset(name, subset=True)
     assert ds.source == "subset" and ds.name == name
@@ -276,7 +276,7 @@ def test_property_random_bytes_parse_or_raise_data_error(tmp_path, content, comp
 
 
 def test_list_datasets():
-    assert list_datasets() == ["fashion-mnist", "mnist"]
+    assert list_datasets() == ["fashion-mnist", "mnist", "smallnorb"]
 
 
 def test_unknown_name():

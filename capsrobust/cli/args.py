@@ -49,8 +49,8 @@ def config_item(text: str) -> tuple[str, object]:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", metavar="DIR",
-                       help="directory with the 4 canonical .gz files (in DIR/<dataset>/ or DIR itself); "
-                            "default: $CAPSROBUST_DATA, then ~/.cache/capsrobust/data, then download")
+                       help="directory with the data set's files (in DIR/<dataset>/ or DIR itself); "
+                            "default: $CAPSROBUST_DATA, then ~/.cache/capsrobust/data, then download (not smallnorb)")
     group.add_argument("--subset", action="store_true", default=None,
                        help="use the small real subset bundled with capsrobust (4,000 train / 1,000 test images)")
     group.add_argument("--limit", type=positive_int, metavar="N", help="use at most N images")

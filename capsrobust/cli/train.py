@@ -12,17 +12,22 @@ EXAMPLES = """examples:
   capsrobust train mnist --subset --model capsnet-small --epochs 3
   capsrobust train fashion-mnist --model cnn-baseline --epochs 5
   capsrobust train mnist --routings 1 --no-reconstruction --epochs 2 --limit 5000
+  capsrobust train mnist --model em-capsnet --em-iterations 2   matrix capsules with EM routing
   capsrobust train mnist --resume                           continue the newest interrupted mnist run
+  capsrobust train smallnorb --data-dir ~/data --model cnn-small --epochs 5
 """
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", help="mnist or fashion-mnist")
+    parser.add_argument("dataset", help="mnist, fashion-mnist or smallnorb (smallnorb is never downloaded: get its "
+                                        "files from https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/)")
     parser.add_argument("--model", help="registered model name (see `capsrobust models`); default capsnet")
     model = parser.add_argument_group("model configuration (unset options keep the model's defaults)")
     model.add_argument("--routings", type=positive_int, help="routing iterations of capsule models (paper: 3)")
+    model.add_argument("--em-iterations", type=positive_int, help="EM routing iterations of matrix capsule models "
+                                                                  "(paper: 3)")
     model.add_argument("--no-reconstruction", dest="reconstruction", action="store_false", default=None,
                        help="drop the reconstruction decoder")
     model.add_argument("--recon-weight", type=positive_float, help="weight of the reconstruction loss (0.0005)")
@@ -33,7 +38,8 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
     optim.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
     optim.add_argument("--lr-decay", type=positive_float, default=0.9, help="learning rate factor per epoch (0.9)")
-    optim.add_argument("--shift", type=non_negative_int, default=2, help="random shift augmentation in pixels (2)")
+    optim.add_argument("--shift", type=non_negative_int, default=2,
+                       help="random shift augmentation in pixels (2); smallnorb uses random 32x32 crops instead")
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation accuracy")
@@ -57,7 +63,6 @@ def train_model(args):
     """Trains (or resumes) as `args` say and publishes the result; returns the new store `Entry`."""
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
-    from capsrobust.errors import ConfigError
     from capsrobust.models import model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
@@ -70,8 +75,9 @@ def train_model(args):
     else:
         model_name = args.model or "capsnet"
         overrides = dict(args.config)
-        overrides.update(routings=args.routings, reconstruction=args.reconstruction, recon_weight=args.recon_weight)
-        config = model_config(model_name, **overrides)
+        overrides.update(routings=args.routings, em_iterations=args.em_iterations, reconstruction=args.reconstruction,
+                         recon_weight=args.recon_weight)
+        config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
                                  early_stopping=args.early_stopping)
@@ -83,16 +89,36 @@ def train_model(args):
     dataset = load_dataset(spec.get("dataset", {}).get("name", args.dataset), data_dir=args.data_dir,
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     if run_dir is None:
-        config = spec["config"]
-        if tuple(config["image_shape"]) != dataset.input_shape or config["num_classes"] != dataset.num_classes:
-            raise ConfigError(f"model config does not fit {dataset.name}: image_shape={config['image_shape']}, "
-                              f"num_classes={config['num_classes']}")
+        spec["config"] = _fit_config(spec["model"], overrides, dataset)
         spec["dataset"] = dataset.describe()
         run_dir = store.new_run(spec)
     err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
                       f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
                       f"run {run_dir.name}")
     return _train_and_publish(store, run_dir, spec, dataset, settings, None if args.quiet else err_console, console)
+
+
+def _fit_config(model_name: str, overrides: dict, dataset) -> dict:
+    """The model's configuration for `dataset`: the data set's image shape, number of classes and `model_defaults`
+    (each only where the model takes that key), then the user's `overrides` on top.
+
+    Raises:
+        ConfigError: an explicit `image_shape` or `num_classes` that does not fit the data set.
+    """
+    from capsrobust.data.datasets import DATASETS
+    from capsrobust.errors import ConfigError
+    from capsrobust.models import get_model_spec, model_config
+
+    takes = get_model_spec(model_name).parameters()
+    fitted = {"image_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+              **DATASETS[dataset.name].model_defaults}
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    config = model_config(model_name, **{**{k: v for k, v in fitted.items() if k in takes}, **explicit})
+    if tuple(config["image_shape"]) != dataset.input_shape or config["num_classes"] != dataset.num_classes:
+        raise ConfigError(f"model config does not fit {dataset.name}: image_shape={config['image_shape']}, "
+                          f"num_classes={config['num_classes']} (the data set has image_shape="
+                          f"{list(dataset.input_shape)}, num_classes={dataset.num_classes})")
+    return config
 
 
 def _find_run(store, args):

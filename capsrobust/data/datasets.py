@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST: a table of what they are, and `load_dataset` to find, verify and split them.
+"""MNIST, Fashion-MNIST and smallNORB: a table of what they are, and `load_dataset` to find, verify and split them.
 
 Where the four files are looked for, in order (the first directory holding them wins):
 
@@ -8,6 +8,9 @@ Where the four files are looked for, in order (the first directory holding them 
 
 Every file is checked against its published sha256. `subset=True` loads instead the small real sample bundled in the
 package (first 4000 train and 1000 test records; see `subset/SOURCE.md`), and looks nowhere else.
+
+smallNORB is looked for in the same places (1 to 3) but never downloaded, has no published checksums and no bundled
+subset; its reader and preprocessing are in `smallnorb`.
 """
 
 import dataclasses
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capsrobust.data import smallnorb
 from capsrobust.data.idx import read_idx, sha256_file
 from capsrobust.errors import DataError
 
@@ -38,11 +42,14 @@ DEFAULT_VAL_SIZE = 5000
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What a data set is: display title, download mirrors (base URLs ending in `/`) and class names."""
+    """What a data set is: display title, download mirrors (base URLs ending in `/`; none: never downloaded), class
+    names, and model configuration defaults for it (applied only to keys a model takes, before the user's overrides).
+    """
 
     title: str
     mirrors: tuple[str, ...]
     class_names: tuple[str, ...]
+    model_defaults: dict = dataclasses.field(default_factory=dict)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -60,6 +67,9 @@ DATASETS: dict[str, DatasetInfo] = {
         class_names=(
             "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
         ),
+    ),
+    "smallnorb": DatasetInfo(
+        title="smallNORB", mirrors=(), class_names=smallnorb.CLASS_NAMES, model_defaults={"standardize": True},
     ),
 }
 
@@ -85,8 +95,10 @@ SHA256: dict[str, dict[str, str]] = {
 class Dataset:
     """A loaded data set, split into train / validation / test.
 
-    Images are float32 in [0, 1] of shape `(num_images, 28, 28, 1)`; labels are int64 of shape `(num_images,)`.
-    `source` is the directory the files were read from, or `"subset"` for the bundled sample.
+    Images are float32 in [0, 1] of shape `(num_images, height, width, 1)`, 28x28 for MNIST; labels are int64 of shape
+    `(num_images,)`. `source` is the directory the files were read from, or `"subset"` for the bundled sample. With
+    `train_crop` (smallNORB: 32), training images are larger (48x48) and each batch takes random `train_crop` x
+    `train_crop` crops of them, while validation and test images are already centre-cropped to that size.
     """
 
     name: str
@@ -99,11 +111,14 @@ class Dataset:
     y_test: np.ndarray = dataclasses.field(repr=False)
     class_names: tuple[str, ...]
     val_seed: int | None = None
+    train_crop: int | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one image, `(28, 28, 1)`."""
-        return tuple(self.x_train.shape[1:])
+        """Shape of one image as the model sees it: `(28, 28, 1)` for MNIST, the cropped `(32, 32, 1)` for smallNORB."""
+        if self.train_crop is None:
+            return tuple(self.x_train.shape[1:])
+        return (self.train_crop, self.train_crop, *self.x_train.shape[3:])
 
     @property
     def num_classes(self) -> int:
@@ -118,6 +133,7 @@ class Dataset:
             "val": len(self.y_val),
             "test": len(self.y_test),
             "val_seed": self.val_seed,
+            "train_crop": self.train_crop,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
         }
@@ -141,7 +157,7 @@ def load_dataset(
     Args:
         name: one of `list_datasets()`.
         data_dir: directory searched first, as `data_dir/<name>/` then `data_dir/`.
-        subset: load the small sample bundled in the package (and look nowhere else).
+        subset: load the small sample bundled in the package (and look nowhere else); MNIST and Fashion-MNIST only.
         val_size: number of training images held out for validation; default `min(5000, num_train // 12)`.
         val_seed: if given, a random permutation seeded with it picks the validation images; otherwise they are the
             last `val_size` training images.
@@ -160,27 +176,38 @@ def load_dataset(
         limit = _check_int("limit", limit, low=1)
     if val_seed is not None:
         val_seed = _check_int("val_seed", val_seed, low=0)
-    if subset:
-        directory, hashes, source = SUBSET_DIR / key, _subset_sha256(key), "subset"
+    train_crop = None
+    if key == "smallnorb":
+        if subset:
+            raise DataError(f"smallNORB has no bundled subset; get its files from {smallnorb.URL} and pass --data-dir")
+        directory = smallnorb.locate([d for root, _ in _search_roots(data_dir) for d in (root / key, root)],
+                                     cache_dir() / key)
+        x_train, y_train, x_test, y_test = smallnorb.load_smallnorb(directory)
+        source, train_crop = str(directory), smallnorb.CROP
     else:
-        directory, hashes = _locate(key, data_dir), SHA256[key]
-        source = str(directory)
-    arrays = {f: _read_verified(directory / f, hashes[f], key) for f in FILES}
-    x_train, y_train = _check_pair(arrays, TRAIN_IMAGES, TRAIN_LABELS, len(DATASETS[key].class_names))
-    x_test, y_test = _check_pair(arrays, TEST_IMAGES, TEST_LABELS, len(DATASETS[key].class_names))
+        if subset:
+            directory, hashes, source = SUBSET_DIR / key, _subset_sha256(key), "subset"
+        else:
+            directory, hashes = _locate(key, data_dir), SHA256[key]
+            source = str(directory)
+        arrays = {f: _read_verified(directory / f, hashes[f], key) for f in FILES}
+        x_train, y_train = _check_pair(arrays, TRAIN_IMAGES, TRAIN_LABELS, len(DATASETS[key].class_names))
+        x_test, y_test = _check_pair(arrays, TEST_IMAGES, TEST_LABELS, len(DATASETS[key].class_names))
+        x_train, x_test = _to_float(x_train), _to_float(x_test)
     train_idx, val_idx = _split(len(y_train), val_size, val_seed)
     train_idx = train_idx[:limit]
     return Dataset(
         name=key,
         source=source,
-        x_train=_to_float(x_train[train_idx]),
+        x_train=x_train[train_idx],
         y_train=y_train[train_idx],
-        x_val=_to_float(x_train[val_idx]),
+        x_val=_centre_crop(x_train[val_idx], train_crop),
         y_val=y_train[val_idx],
-        x_test=_to_float(x_test),
+        x_test=_centre_crop(x_test, train_crop),
         y_test=y_test,
         class_names=DATASETS[key].class_names,
         val_seed=val_seed,
+        train_crop=train_crop,
     )
 
 
@@ -371,3 +398,11 @@ def _check_int(arg: str, value, low: int, high: int | None = None) -> int:
 def _to_float(images: np.ndarray) -> np.ndarray:
     """uint8 `(n, 28, 28)` -> float32 `(n, 28, 28, 1)` in [0, 1]."""
     return (images.astype(np.float32) / 255.0)[..., np.newaxis]
+
+
+def _centre_crop(images: np.ndarray, size: int | None) -> np.ndarray:
+    """The middle `size`x`size` of each image, `(n, height, width, c)` -> `(n, size, size, c)`; `images` if None."""
+    if size is None:
+        return images
+    top, left = (images.shape[1] - size) // 2, (images.shape[2] - size) // 2
+    return np.ascontiguousarray(images[:, top:top + size, left:left + size])

@@ -46,6 +46,20 @@ def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.
         DataError: the file is missing, not a regular file, unreadable, a corrupt gzip stream, not IDX, truncated, has
             trailing data, or fails its checksum.
     """
+    return _parse(os.fspath(path), read_bytes(path, expected_sha256))
+
+
+def read_bytes(path: str | os.PathLike, expected_sha256: str | None = None) -> bytes:
+    """The contents of a data file, gunzipped if its name ends in `.gz` or it starts with the gzip magic.
+
+    Args:
+        path: the file.
+        expected_sha256: if given, the hex sha256 the file's bytes on disk must have.
+
+    Raises:
+        DataError: the file is missing, not a regular file, unreadable, empty, a corrupt gzip stream, or fails its
+            checksum.
+    """
     name = os.fspath(path)
     path = Path(path)
     if not path.exists():
@@ -65,14 +79,21 @@ def read_idx(path: str | os.PathLike, expected_sha256: str | None = None) -> np.
                 f"{name}: sha256 mismatch: expected {expected_sha256[:12]}..., got {actual[:12]}... "
                 "(the file is corrupt or not the canonical one)"
             )
-    data = raw
-    if path.suffix == ".gz" or raw.startswith(GZIP_MAGIC):
-        try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            reason = str(e).replace("\n", " ") or type(e).__name__
-            raise DataError(f"{name}: corrupt gzip stream: {reason}") from None
-    return _parse(name, data)
+    if path.suffix != ".gz" and not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        reason = str(e).replace("\n", " ") or type(e).__name__
+        raise DataError(f"{name}: corrupt gzip stream: {reason}") from None
+
+
+def gzip_bytes(payload: bytes) -> bytes:
+    """Gzips `payload` at level 9 with no file name and mtime 0, so the result depends only on `payload`."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buffer, mtime=0) as gz:
+        gz.write(payload)
+    return buffer.getvalue()
 
 
 def _parse(name: str, data: bytes) -> np.ndarray:
@@ -132,10 +153,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     payload = header + np.ascontiguousarray(array).tobytes()
     path = Path(path)
     if path.suffix == ".gz":
-        buffer = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=buffer, mtime=0) as gz:
-            gz.write(payload)
-        payload = buffer.getvalue()
+        payload = gzip_bytes(payload)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -1,4 +1,4 @@
-"""Shift augmentation and the seeded batch stream the trainer feeds to `keras.Model.fit`."""
+"""Shift and crop augmentation and the seeded batch stream the trainer feeds to `keras.Model.fit`."""
 
 import math
 
@@ -26,24 +26,47 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return np.ascontiguousarray(windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1))
 
 
+def random_crop(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Cuts a random `size`x`size` window out of each image (Hinton et al. 2018: 32x32 of smallNORB's 48x48).
+
+    Args:
+        images: `(batch_size, height, width, channels)`, with `size <= height` and `size <= width`.
+        size: side of the crop in pixels.
+        rng: source of the per-image offsets.
+
+    Returns:
+        `(batch_size, size, size, channels)`, same dtype.
+    """
+    n, height, width, _ = images.shape
+    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+    dy = rng.integers(0, height - size + 1, size=n)
+    dx = rng.integers(0, width - size + 1, size=n)
+    return np.ascontiguousarray(windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1))
+
+
 class ShiftedBatches(keras.utils.PyDataset):
-    """Shuffled, shift-augmented training batches; epoch `e`'s batches depend only on `(seed, e)`.
+    """Shuffled, shift- or crop-augmented training batches; epoch `e`'s batches depend only on `(seed, e)`.
 
     That makes a resumed run see exactly the batches an uninterrupted one would have. The trainer sets `epoch` before
     each epoch's iterator is created.
 
+    With `crop` (a data set's `train_crop`), each image is a random `crop`x`crop` window of the stored one instead of
+    a shifted copy, and `max_shift` is not used.
+
     Each item is `({"image": images, "label": one_hot}, one_hot)` with images `(batch_size, height, width, channels)`
-    and labels `(batch_size, num_classes)`; the label input lets capsule decoders mask by the true class.
+    (`(batch_size, crop, crop, channels)` with `crop`) and labels `(batch_size, num_classes)`; the label input lets
+    capsule decoders mask by the true class.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,
-                 seed: int):
+                 seed: int, crop: int | None = None):
         super().__init__()
         self.images = images
         self.one_hot = np.eye(num_classes, dtype="float32")[labels]
         self.batch_size = batch_size
         self.max_shift = max_shift
         self.seed = seed
+        self.crop = crop
         self.epoch = 0
         self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=int))
 
@@ -58,6 +81,9 @@ class ShiftedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        images = random_shift(self.images[rows], self.max_shift, rng)
+        if self.crop is None:
+            images = random_shift(self.images[rows], self.max_shift, rng)
+        else:
+            images = random_crop(self.images[rows], self.crop, rng)
         labels = self.one_hot[rows]
         return {"image": images, "label": labels}, labels

@@ -66,6 +66,35 @@ class EpochCheckpoint(keras.callbacks.Callback):
         save_checkpoint(self.run_dir, self.model, state, improved)
 
 
+class MarginSchedule(keras.callbacks.Callback):
+    """Raises a spread-loss margin linearly from `start` to `end` over `epochs` epochs, before every batch.
+
+    The margin at batch `b` of epoch `e` depends only on `(e, b)`, so a resumed run continues the same ramp.
+
+    Args:
+        margin: the model's scalar margin variable.
+        start, end: the margin at the first batch and from the end of the ramp on (Hinton et al. 2018: 0.2 and 0.9).
+        epochs: length of the ramp in epochs.
+        steps: batches per epoch.
+    """
+
+    def __init__(self, margin, start: float, end: float, epochs: int, steps: int):
+        super().__init__()
+        self.margin = margin
+        self.start, self.end, self.epochs, self.steps = float(start), float(end), int(epochs), int(steps)
+        self._epoch = 0
+
+    def value(self, epoch: int, batch: int) -> float:
+        progress = min(1.0, (epoch + batch / self.steps) / max(self.epochs, 1))
+        return self.start + (self.end - self.start) * progress
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.margin.assign(self.value(self._epoch, batch))
+
+
 class RichProgress(keras.callbacks.Callback):
     """A `rich` progress bar per epoch and a one-line summary when each epoch ends."""
 

@@ -30,6 +30,7 @@ class RunState:
     finished: bool = False
     stop_reason: str = ""
     seconds: float = 0.0
+    margin_schedule: dict = field(default_factory=dict)  # spread-loss models: {"start", "end", "epochs"}
 
     @property
     def epochs_since_best(self) -> int:

@@ -13,7 +13,7 @@ from capsrobust.data import Dataset
 from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.augment import ShiftedBatches
-from capsrobust.training.callbacks import EpochCheckpoint, NanGuard, RichProgress
+from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
 from capsrobust.training.checkpoint import BEST_WEIGHTS, RunState, load_state, restore_checkpoint, save_state
 
 
@@ -26,7 +26,8 @@ class TrainSettings:
         batch_size: images per step.
         learning_rate: Adam's initial learning rate.
         lr_decay: the learning rate is multiplied by this after every epoch.
-        max_shift: shift augmentation, in pixels (the paper uses up to 2).
+        max_shift: shift augmentation, in pixels (the paper uses up to 2); unused on a data set with `train_crop`,
+            whose training batches are random crops instead.
         seed: seeds weights, shuffling, augmentation and dropout.
         early_stopping: stop after this many epochs without a better validation accuracy (None: never).
     """
@@ -102,7 +103,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     seed_everything(settings.seed)
     model = create_model(model_name, **model_config)
     batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
-                             settings.max_shift, settings.seed)
+                             settings.max_shift, settings.seed, crop=dataset.train_crop)
     schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
                                                            decay_rate=settings.lr_decay, staircase=True)
     model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
@@ -131,6 +132,13 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
     guard = NanGuard()
     callbacks = [guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
+    if hasattr(model, "spread_margin"):
+        # The ramp is fixed when the run starts and kept in its state, so a resume that extends --epochs continues
+        # the planned ramp instead of stretching it.
+        if not state.margin_schedule:
+            start, end = model.margin_range
+            state.margin_schedule = {"start": start, "end": end, "epochs": settings.epochs}
+        callbacks.append(MarginSchedule(model.spread_margin, **state.margin_schedule, steps=len(batches)))
     if _tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
     if console is not None:

@@ -1,0 +1,121 @@
+"""EM routing between matrix capsules, Procedure 1 of Hinton, Sabour & Frosst (2018).
+
+Every parent capsule is a Gaussian cluster over the votes it receives; each iteration fits the clusters (M-step) and
+reassigns each child's vote among the parents that received it (E-step). The E-step runs in the log domain with
+log-sum-exp, and variances have a floor, because in the probability domain the Gaussian densities of 16-dimensional
+votes under- and overflow float32 after the first iteration: the NaNs public reimplementations report at 2+ iterations.
+
+Convolutional capsules see each child through several overlapping receptive fields. Procedure 1 normalises a child's
+assignments over *all* its parents, so the E-step here sums over every output position that received the child
+(`child_ids` says which votes come from the same child) rather than over the types at one position only.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+VARIANCE_FLOOR = 1e-4  # in squared pose units; keeps log(sigma) and 1/sigma^2 finite when a cluster collapses
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def inverse_temperatures(iterations: int, first: float, last: float) -> list[float]:
+    """The inverse temperature `lambda` of each iteration: rises linearly from `first` to `last`.
+
+    The paper says only that lambda rises over the iterations (its schedule is not given). A linear ramp to a value
+    that keeps `lambda * (beta_a - sum_h cost_h)` in the logistic's useful range for this formulation's cost scale.
+    """
+    if iterations < 1:
+        raise ValueError(f"EM routing needs at least one iteration. Received: iterations={iterations}")
+    if iterations == 1:
+        return [float(last)]
+    return [float(first + (last - first) * t / (iterations - 1)) for t in range(iterations)]
+
+
+def _assignment_normaliser(log_weights, child_ids: np.ndarray | None, num_children: int | None):
+    """log sum over all parents of each child of `exp(log_weights)`, broadcast back to the votes.
+
+    Args:
+        log_weights: `(batch, positions, children, parents)`, `log(a_j p_j)` of each vote.
+        child_ids: `(positions * children,)` ints, the child each vote slot comes from (None: slots are distinct).
+        num_children: the number of distinct children (`max(child_ids) + 1`).
+
+    Returns:
+        `(batch, positions, children, 1)`.
+    """
+    per_slot = ops.logsumexp(log_weights, axis=-1)  # (b, P, I)
+    if child_ids is None:
+        return ops.expand_dims(per_slot, -1)
+    batch, positions, children = ops.shape(per_slot)
+    slots = ops.transpose(ops.reshape(per_slot, (batch, positions * children)))  # (P*I, b): segments on axis 0
+    # The max is only a numerical shift; log-sum-exp is exact for any shift, so no gradient needs to pass through it.
+    shift = ops.stop_gradient(ops.segment_max(slots, child_ids, num_segments=num_children, sorted=False))
+    summed = ops.segment_sum(ops.exp(slots - ops.take(shift, child_ids, axis=0)), child_ids,
+                             num_segments=num_children, sorted=False)
+    per_child = ops.log(summed) + shift  # (num_children, b); summed >= 1 since the max slot contributes exp(0)
+    per_vote = ops.take(per_child, child_ids, axis=0)  # (P*I, b)
+    return ops.expand_dims(ops.reshape(ops.transpose(per_vote), (batch, positions, children)), -1)
+
+
+def initial_assignments(num_parents: int, child_ids: np.ndarray | None, num_children: int | None,
+                        positions: int, children: int) -> np.ndarray:
+    """Uniform assignments `R_ij = 1 / |parents of i|`, `(positions, children, 1)`; a child at the border of a
+    convolutional layer has fewer parents than one in the middle."""
+    if child_ids is None:
+        return np.full((positions, children, 1), 1.0 / num_parents, dtype="float32")
+    parent_positions = np.bincount(child_ids, minlength=num_children)[child_ids]
+    return (1.0 / (num_parents * parent_positions)).reshape(positions, children, 1).astype("float32")
+
+
+def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperatures: tuple[float, float] = (1.0, 1.0),
+               child_ids: np.ndarray | None = None, num_children: int | None = None, normalize_cost: bool = False):
+    """EM routing of votes to parent capsules, at every output position at once.
+
+    Args:
+        votes: `V`, `(batch, positions, children, parents, pose_size)`: each child's vote for each parent at each
+            output position (`positions = 1` for fully connected class capsules; `pose_size = 16` for 4x4 matrices).
+        activations: child activations `a_i` in (0, 1), `(batch, positions, children)`.
+        beta_u: `(parents,)`, the cost of describing a vote under a parent per unit of assignment and pose dimension.
+        beta_a: `(parents,)`, the cost of activating a parent.
+        iterations: EM iterations, at least 1 (the paper uses 3).
+        temperatures: `(first, last)` inverse temperature; see `inverse_temperatures`.
+        child_ids: for convolutional capsules, `(positions * children,)` ints naming the child of each vote slot,
+            so that a child seen by overlapping receptive fields splits one unit of assignment among all its parents.
+        num_children: the number of distinct children (needed with `child_ids`).
+        normalize_cost: standardise `sum_h cost_h` over the parents at each position before the logistic (Zhang's and
+            Gritzman's reimplementations). The paper's raw cost scales with the number of children and with the log
+            of the vote spread, so one inverse temperature cannot suit every layer; standardised, it can.
+
+    Returns:
+        `(poses, parent_activations, assignments)`: the parents' means `mu` `(batch, positions, parents, pose_size)`,
+        their activations `(batch, positions, parents)` in (0, 1), and the last E-step's assignments `R`
+        `(batch, positions, children, parents)` (the initial uniform ones when `iterations == 1`).
+    """
+    lambdas = inverse_temperatures(iterations, *temperatures)
+    positions, children = votes.shape[1], votes.shape[2]
+    uniform = initial_assignments(votes.shape[3], child_ids, num_children, positions, children)
+    assignments = ops.broadcast_to(ops.convert_to_tensor(uniform, dtype=votes.dtype), ops.shape(votes)[:-1])
+    child_activations = ops.expand_dims(activations, -1)  # (b, P, I, 1)
+    for iteration, inverse_temperature in enumerate(lambdas):
+        # M-step: fit each parent's Gaussian to the votes, weighted by assignment times child activation.
+        weights = assignments * child_activations  # (b, P, I, J)
+        mass = ops.sum(weights, axis=2) + 1e-9  # (b, P, J); sum_i R_ij, kept off zero for 0/0-free means
+        weights_ = ops.expand_dims(weights, -1)
+        means = ops.sum(weights_ * votes, axis=2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
+        deviations = votes - ops.expand_dims(means, 2)
+        variances = ops.sum(weights_ * ops.square(deviations), axis=2) / ops.expand_dims(mass, -1) + VARIANCE_FLOOR
+        log_sigmas = 0.5 * ops.log(variances)
+        cost = ops.sum(ops.expand_dims(beta_u, -1) + log_sigmas, axis=-1) * mass  # sum_h cost_h, (b, P, J)
+        if normalize_cost:
+            centred = cost - ops.mean(cost, axis=-1, keepdims=True)
+            cost = centred / ops.sqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + 1e-6)
+        logits = inverse_temperature * (beta_a - cost)
+        parent_activations = ops.sigmoid(logits)
+        if iteration == len(lambdas) - 1:
+            break  # the last E-step would only update assignments that nothing reads
+        # E-step: R_ij = a_j p_j(V_ij) / sum over i's parents k of a_k p_k(V_ik), all in log space.
+        log_densities = -ops.sum(ops.square(deviations) / (2.0 * ops.expand_dims(variances, 2))
+                                 + ops.expand_dims(log_sigmas, 2) + 0.5 * _LOG_2PI, axis=-1)  # (b, P, I, J)
+        log_weights = ops.expand_dims(ops.log_sigmoid(logits), 2) + log_densities
+        assignments = ops.exp(log_weights - _assignment_normaliser(log_weights, child_ids, num_children))
+    return means, parent_activations, assignments

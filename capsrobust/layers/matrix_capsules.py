@@ -1,0 +1,193 @@
+"""Matrix capsule layers of Hinton, Sabour & Frosst (2018): primary, convolutional and class capsules.
+
+A capsule layer's output is a pair `(poses, activations)`: poses `(batch, height, width, types, 16)` are flattened
+4x4 pose matrices, activations `(batch, height, width, types)` lie in (0, 1). Class capsules drop the spatial axes.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from capsrobust.em_routing import em_routing
+
+POSE = 4  # pose matrices are POSE x POSE
+
+
+def _transforms_initializer():
+    return keras.initializers.RandomNormal(stddev=0.5)
+
+
+class PrimaryMatrixCapsules(keras.layers.Layer):
+    """A 1x1 convolution to `types` capsules per position: a 4x4 pose (linear) and a sigmoid activation each.
+
+    Input shape: `(batch, height, width, channels)`.
+    Output: `(poses (batch, height, width, types, 16), activations (batch, height, width, types))`.
+    """
+
+    def __init__(self, types: int, **kwargs):
+        super().__init__(**kwargs)
+        self.types = int(types)
+        self.pose_conv = keras.layers.Conv2D(self.types * POSE * POSE, 1, name="poses")
+        self.activation_conv = keras.layers.Conv2D(self.types, 1, activation="sigmoid", name="activations")
+
+    def build(self, input_shape):
+        self.pose_conv.build(input_shape)
+        self.activation_conv.build(input_shape)
+
+    def call(self, features):
+        poses = self.pose_conv(features)
+        height, width = poses.shape[1], poses.shape[2]
+        return ops.reshape(poses, (-1, height, width, self.types, POSE * POSE)), self.activation_conv(features)
+
+
+class _RoutedCapsules(keras.layers.Layer):
+    """Owns the learned `beta_u`, `beta_a` (one per output type) and the EM routing settings."""
+
+    def __init__(self, types: int, iterations: int, temperatures, normalize_cost: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.normalize_cost = bool(normalize_cost)
+        self.types = int(types)
+        self.iterations = int(iterations)
+        self.temperatures = tuple(float(t) for t in temperatures)
+        if self.iterations < 1:
+            raise ValueError(f"EM routing needs at least one iteration. Received: iterations={iterations}")
+
+    def _build_betas(self):
+        self.beta_u = self.add_weight(shape=(self.types,), initializer="zeros", name="beta_u")
+        self.beta_a = self.add_weight(shape=(self.types,), initializer="zeros", name="beta_a")
+
+
+class ConvMatrixCapsules(_RoutedCapsules):
+    """Convolutional capsules: each output position routes the capsules of its `kernel x kernel` receptive field.
+
+    One 4x4 transformation matrix per (kernel offset, input type, output type), shared across positions; no padding.
+
+    Args:
+        types: output capsule types.
+        kernel: receptive field side `K`.
+        strides: step between receptive fields.
+        iterations, temperatures, normalize_cost: EM routing settings (see `capsrobust.em_routing.em_routing`).
+
+    Input: `(poses (batch, H, W, in_types, 16), activations (batch, H, W, in_types))`.
+    Output: `(poses (batch, H', W', types, 16), activations (batch, H', W', types))`, `H' = (H - K) // strides + 1`.
+    """
+
+    def __init__(self, types: int, kernel: int, strides: int, iterations: int = 3, temperatures=(1.0, 1.0),
+                 normalize_cost: bool = False, **kwargs):
+        super().__init__(types, iterations, temperatures, normalize_cost, **kwargs)
+        self.kernel = int(kernel)
+        self.strides = int(strides)
+
+    def build(self, input_shape):
+        pose_shape = input_shape[0]
+        height, width, in_types = pose_shape[1], pose_shape[2], pose_shape[3]
+        self.out_height = (height - self.kernel) // self.strides + 1
+        self.out_width = (width - self.kernel) // self.strides + 1
+        if self.out_height < 1 or self.out_width < 1:
+            raise ValueError(f"{self.name}: a {self.kernel}x{self.kernel} kernel does not fit {height}x{width}")
+        self.in_types = in_types
+        k, s = self.kernel, self.strides
+        self._rows = (np.arange(self.out_height)[:, None] * s + np.arange(k)[None, :]).ravel()  # (H' * K,)
+        self._cols = (np.arange(self.out_width)[:, None] * s + np.arange(k)[None, :]).ravel()  # (W' * K,)
+        # The child (input position and type) behind each vote slot (out_y, out_x, ky, kx, type).
+        y = (np.arange(self.out_height)[:, None, None, None, None] * s + np.arange(k)[None, None, :, None, None])
+        x = (np.arange(self.out_width)[None, :, None, None, None] * s + np.arange(k)[None, None, None, :, None])
+        child = (y * width + x) * in_types + np.arange(in_types)[None, None, None, None, :]
+        self.child_ids = child.reshape(-1).astype("int32")
+        self.num_children = height * width * in_types
+        self.transforms = self.add_weight(shape=(k * k * in_types, self.types, POSE, POSE),
+                                          initializer=_transforms_initializer(), name="transforms")
+        self._build_betas()
+
+    def _patches(self, tensor):
+        """`(batch, H, W, in_types, ...)` -> `(batch, H' * W', K * K * in_types, ...)`, the receptive fields."""
+        k = self.kernel
+        tail = tuple(tensor.shape[4:])
+        patches = ops.take(ops.take(tensor, self._rows, axis=1), self._cols, axis=2)  # (b, H'K, W'K, T, ...)
+        patches = ops.reshape(patches, (-1, self.out_height, k, self.out_width, k, self.in_types, *tail))
+        patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5, *range(6, 6 + len(tail))))
+        return ops.reshape(patches, (-1, self.out_height * self.out_width, k * k * self.in_types, *tail))
+
+    def call(self, inputs):
+        poses, activations = inputs
+        child_poses = ops.reshape(self._patches(poses), (-1, self.out_height * self.out_width,
+                                                         self.kernel * self.kernel * self.in_types, POSE, POSE))
+        votes = ops.einsum("bpixy,ijyz->bpijxz", child_poses, self.transforms)
+        votes = ops.reshape(votes, (*ops.shape(votes)[:4], POSE * POSE))
+        means, parent_activations, _ = em_routing(votes, self._patches(activations), self.beta_u, self.beta_a,
+                                                  self.iterations, self.temperatures, self.child_ids,
+                                                  self.num_children, self.normalize_cost)
+        shape = (-1, self.out_height, self.out_width, self.types)
+        return ops.reshape(means, (*shape, POSE * POSE)), ops.reshape(parent_activations, shape)
+
+
+class ClassMatrixCapsules(_RoutedCapsules):
+    """Class capsules: every capsule of the last layer votes for every class, with coordinate addition.
+
+    Transformation matrices are shared across positions per input type. Coordinate addition: the centre of each input
+    capsule's receptive field, in image coordinates scaled to [0, 1] (row, column), is added to the first two entries
+    of the right-hand column of its votes, so class poses can know where their parts are.
+
+    Args:
+        types: classes.
+        centres: `(H, W, 2)` scaled receptive-field centres (row, column) of the input capsules.
+        iterations, temperatures, normalize_cost: EM routing settings.
+
+    Input: `(poses (batch, H, W, in_types, 16), activations (batch, H, W, in_types))`.
+    Output: `(poses (batch, types, 16), activations (batch, types))`.
+    """
+
+    def __init__(self, types: int, centres, iterations: int = 3, temperatures=(1.0, 1.0), normalize_cost: bool = False,
+                 **kwargs):
+        super().__init__(types, iterations, temperatures, normalize_cost, **kwargs)
+        self.centres = np.asarray(centres, dtype="float32")
+
+    def build(self, input_shape):
+        height, width, in_types = input_shape[0][1:4]
+        if self.centres.shape != (height, width, 2):
+            raise ValueError(f"{self.name}: centres {self.centres.shape} do not match the {height}x{width} input")
+        self.in_types = in_types
+        self.transforms = self.add_weight(shape=(in_types, self.types, POSE, POSE),
+                                          initializer=_transforms_initializer(), name="transforms")
+        offsets = np.zeros((height, width, 1, 1, POSE, POSE), dtype="float32")
+        offsets[..., 0, POSE - 1] = self.centres[..., 0, None, None]
+        offsets[..., 1, POSE - 1] = self.centres[..., 1, None, None]
+        self._coordinates = offsets.reshape(1, height * width, 1, 1, POSE * POSE)
+        self._build_betas()
+
+    def call(self, inputs):
+        poses, activations = inputs
+        height, width = poses.shape[1], poses.shape[2]
+        child_poses = ops.reshape(poses, (-1, height, width, self.in_types, POSE, POSE))
+        votes = ops.einsum("bhwtxy,tjyz->bhwtjxz", child_poses, self.transforms)
+        votes = ops.reshape(votes, (-1, height * width, self.in_types, self.types, POSE * POSE))
+        votes = ops.reshape(votes + self._coordinates, (-1, 1, height * width * self.in_types, self.types,
+                                                        POSE * POSE))
+        child_activations = ops.reshape(activations, (-1, 1, height * width * self.in_types))
+        means, parent_activations, _ = em_routing(votes, child_activations, self.beta_u, self.beta_a,
+                                                  self.iterations, self.temperatures,
+                                                  normalize_cost=self.normalize_cost)
+        return means[:, 0], parent_activations[:, 0]
+
+
+def receptive_field_centres(image_shape, layers) -> np.ndarray:
+    """Centres of the receptive fields after a stack of unpadded convolutions, scaled to [0, 1].
+
+    Args:
+        image_shape: `(height, width, channels)` of the input image.
+        layers: `(kernel, stride)` of each layer in order.
+
+    Returns:
+        `(H, W, 2)`: the (row, column) of each output position's receptive-field centre, as `(pixel + 0.5) / size`.
+    """
+    sizes = list(image_shape[:2])
+    for kernel, stride in layers:
+        sizes = [(n - kernel) // stride + 1 for n in sizes]
+    axes = []
+    for n, size in zip(sizes, image_shape[:2]):
+        centre = np.arange(n, dtype="float64")
+        for kernel, stride in reversed(layers):
+            centre = centre * stride + (kernel - 1) / 2
+        axes.append((centre + 0.5) / size)
+    rows, cols = np.meshgrid(*axes, indexing="ij")
+    return np.stack([rows, cols], axis=-1).astype("float32")
