@@ -68,7 +68,8 @@ def initial_assignments(num_parents: int, child_ids: np.ndarray | None, num_chil
 
 
 def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperatures: tuple[float, float] = (1.0, 1.0),
-               child_ids: np.ndarray | None = None, num_children: int | None = None, normalize_cost: bool = False):
+               child_ids: np.ndarray | None = None, num_children: int | None = None, normalize_cost: bool = False,
+               stop_gradient: bool = False):
     """EM routing of votes to parent capsules, at every output position at once.
 
     Args:
@@ -85,6 +86,8 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
         normalize_cost: standardise `sum_h cost_h` over the parents at each position before the logistic (Zhang's and
             Gritzman's reimplementations). The paper's raw cost scales with the number of children and with the log
             of the vote spread, so one inverse temperature cannot suit every layer; standardised, it can.
+        stop_gradient: treat each E-step's assignments as constants in the backward pass, so gradients reach the
+            votes only through the final M-step (as `dynamic_routing`'s option of the same name).
 
     Returns:
         `(poses, parent_activations, assignments)`: the parents' means `mu` `(batch, positions, parents, pose_size)`,
@@ -118,4 +121,6 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
                                  + ops.expand_dims(log_sigmas, 2) + 0.5 * _LOG_2PI, axis=-1)  # (b, P, I, J)
         log_weights = ops.expand_dims(ops.log_sigmoid(logits), 2) + log_densities
         assignments = ops.exp(log_weights - _assignment_normaliser(log_weights, child_ids, num_children))
+        if stop_gradient:
+            assignments = ops.stop_gradient(assignments)
     return means, parent_activations, assignments

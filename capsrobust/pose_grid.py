@@ -5,7 +5,8 @@ from keras import ops
 
 from capsrobust.errors import ConfigError
 
-OFFSETS = tuple(round(float(x), 2) for x in np.linspace(-0.25, 0.25, 11))  # the paper's intervals of 0.05 in [-0.25, 0.25]
+# The paper's intervals of 0.05 in [-0.25, 0.25].
+OFFSETS = tuple(round(float(x), 2) for x in np.linspace(-0.25, 0.25, 11))
 
 
 def pose_perturbations(model, images: np.ndarray, offsets=OFFSETS) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models import create_model
 
 FAMILIES = {"capsule": "capsnet-small", "cnn": "cnn-small"}
+EM_MODEL = "em-capsnet-small"  # tested on fewer images: its compiled gradient takes long to trace on 2 cores
 BATCH_SIZE = 64
 NUM_IMAGES = 150  # more than two batches, the last one partial
 
@@ -19,7 +20,7 @@ NUM_IMAGES = 150  # more than two batches, the last one partial
 def models():
     """Freshly built models: exactness of predictions and gradients needs no training."""
     tf.keras.utils.set_random_seed(0)
-    return {family: create_model(name) for family, name in FAMILIES.items()}
+    return {family: create_model(name) for family, name in {**FAMILIES, "em-capsule": EM_MODEL}.items()}
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +72,34 @@ def test_loss_gradient_equals_a_direct_gradient_tape(models, images_and_labels, 
     expected, per_example = _tape_gradient(model, loss, images, labels)
     gradient = classifier.loss_gradient(images, np.eye(10, dtype="float32")[labels])
     assert gradient.shape == images.shape and np.abs(expected).max() > 0
-    np.testing.assert_allclose(gradient, expected, atol=1e-6 * np.abs(expected).max() + 1e-9, rtol=1e-4)
+    close = {"rtol": 1e-4, "atol": 1e-6 * np.abs(expected).max() + 1e-9}
+    np.testing.assert_allclose(gradient, expected, **close)
     # Integer labels, a tf.Tensor input (ART's TensorFlow PGD passes tensors) and another batching give the same rows.
-    np.testing.assert_allclose(classifier.loss_gradient(images[:10], labels[:10]), gradient[:10], rtol=1e-4,
-                               atol=1e-6 * np.abs(expected).max() + 1e-9)
+    np.testing.assert_allclose(classifier.loss_gradient(images[:10], labels[:10]), gradient[:10], **close)
     as_tensor = classifier.loss_gradient(tf.constant(images[:10]), tf.one_hot(labels[:10], 10))
     assert tf.is_tensor(as_tensor)
-    np.testing.assert_allclose(as_tensor.numpy(), gradient[:10], rtol=1e-4, atol=1e-6 * np.abs(expected).max() + 1e-9)
+    np.testing.assert_allclose(as_tensor.numpy(), gradient[:10], **close)
     np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(classifier.compute_loss(images, labels, reduction="mean"), per_example.mean(),
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+def test_em_capsules_go_through_the_bridge_like_any_model(models, images_and_labels, loss):
+    model, images, labels = models["em-capsule"], images_and_labels[0][:20], images_and_labels[1][:20]
+    classifier = to_art_classifier(model, loss=loss, batch_size=8)
+    np.testing.assert_allclose(classifier.predict(images), model(images, training=False)["scores"].numpy(), atol=1e-5)
+    expected, per_example = _tape_gradient(model, loss, images, labels)
+    # EM routing divides squared vote deviations by variances down to its floor (1e-4), which magnifies the float32
+    # rounding differences between the compiled batched graph and the eager one up to 1e4-fold.
+    np.testing.assert_allclose(classifier.loss_gradient(images, labels), expected, rtol=1e-2,
+                               atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-4, atol=1e-6)
+
+
 def test_the_two_losses_differ_on_capsules_and_agree_on_cnns(models, images_and_labels):
     images, labels = images_and_labels[0][:20], images_and_labels[1][:20]
-    for family, same in (("capsule", False), ("cnn", True)):
+    for family, same in (("capsule", False), ("em-capsule", False), ("cnn", True)):
         margin, ce = (to_art_classifier(models[family], loss=loss).compute_loss(images, labels) for loss in LOSSES)
         assert np.allclose(margin, ce) == same, family
 
@@ -119,13 +133,17 @@ def float64_models():
     """Freshly built float64 models, so that a finite difference resolves their small untrained gradients."""
     import keras
 
-    previous = keras.config.floatx()
+    # The dtype policy, not only floatx: once any model has been built, layers take their dtype from the policy.
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     try:
         tf.keras.utils.set_random_seed(1)
-        yield {family: create_model(name) for family, name in {**FAMILIES, "cnn-decoder": "cnn-recon"}.items()}
+        names = {**FAMILIES, "em-capsule": EM_MODEL, "cnn-decoder": "cnn-recon"}
+        yield {family: create_model(name) for family, name in names.items()}
     finally:
-        keras.config.set_floatx(previous)
+        keras.config.set_floatx(previous_floatx)
+        keras.config.set_dtype_policy(previous_policy)
 
 
 @pytest.mark.parametrize("loss", LOSSES)

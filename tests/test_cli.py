@@ -1,5 +1,6 @@
 """The command line end to end, as a user runs it: separate processes, a temporary store, the bundled subset."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,18 @@ def test_attack_and_detect_end_to_end(tmp_path):
     assert refused.returncode == 2 and "eps must be in [0, 1]" in refused.stderr
     unknown = capsrobust("attack", "--model", "cnn-recon", "--method", "deepfool", home=tmp_path)
     assert unknown.returncode == 2 and "deepfool" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path):
+    trained = capsrobust("train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations", "1",
+                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "600", "--batch-size", "32",
+                         home=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (entry,) = (tmp_path / "models").iterdir()
+    card = json.loads((entry / "card.json").read_text())
+    assert card["config"]["em_iterations"] == 1 and card["config"]["reconstruction"] is True  # --config survives
+    assert card["detector"]["threshold"] > 0 and card["score_kind"] == "activations"
+    detected = capsrobust("detect", "--model", "em-capsnet-small", "--method", "fgsm", "--eps", "0.1", "--limit", "20",
+                          "--no-checks", "--output", str(tmp_path / "out"), home=tmp_path)
+    assert detected.returncode == 0, detected.stderr
+    assert "em-capsnet-small" in detected.stdout and "AUROC" in detected.stdout

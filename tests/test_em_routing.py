@@ -96,11 +96,12 @@ def test_two_clear_clusters_go_to_the_right_parents():
     np.testing.assert_allclose(ops.convert_to_numpy(means)[0, 0], centres, atol=0.05)
 
 
+@pytest.mark.parametrize("normalize_cost, temperatures", [(True, [0.5, 1.0]), (False, [0.001, 0.01])])
 @pytest.mark.parametrize("iterations", [1, 2, 3, 4, 5])
-def test_values_and_gradients_stay_finite(iterations):
+def test_values_and_gradients_stay_finite(iterations, normalize_cost, temperatures):
     tf.keras.utils.set_random_seed(iterations)
-    model = create_model("em-capsnet-small", em_iterations=iterations, inverse_temperature=[0.001, 0.01],
-                         reconstruction=True)
+    model = create_model("em-capsnet-small", em_iterations=iterations, inverse_temperature=temperatures,
+                         normalize_cost=normalize_cost, reconstruction=True)
     images = np.stack([np.zeros((28, 28, 1)), np.ones((28, 28, 1)),
                        np.random.default_rng(0).random((28, 28, 1))]).astype("float32")  # saturated and noise
     labels = tf.one_hot([0, 1, 2], 10)
@@ -164,3 +165,13 @@ def test_the_models_margin_drives_its_loss(small_capsules):
     high = float(small_capsules.classification_loss(labels, scores)[0])
     assert low == pytest.approx(9 * 0.04) and high == pytest.approx(9 * 0.81)
     assert "spread_margin" in [w.path.split("/")[-1] for w in small_capsules.non_trainable_weights]
+
+
+def test_normalized_cost_standardises_activation_logits_over_parents():
+    rng = np.random.default_rng(1)
+    votes = rng.normal(size=(2, 3, 12, 5, 16)).astype("float32")
+    _, activations, _ = em_routing(votes, rng.random((2, 3, 12)).astype("float32"), np.zeros(5, "float32"),
+                                   np.zeros(5, "float32"), 3, (0.5, 1.0), normalize_cost=True)
+    logits = np.log(activations) - np.log1p(-ops.convert_to_numpy(activations))  # lambda * (beta_a - z), lambda = 1
+    np.testing.assert_allclose(logits.mean(axis=-1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(logits.std(axis=-1), 1.0, atol=1e-3)

@@ -73,7 +73,7 @@ def load_under_test(store, entry, args, need_detector: bool = False):
     elif need_detector:
         raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
                           f"or cnn-recon")
-    family = entry.card.get("family", "capsule" if model.score_kind == "lengths" else "cnn")
+    family = entry.card.get("family", "cnn" if model.score_kind == "logits" else "capsule")
     return ModelUnderTest(entry.id, entry.model, family, model, entry.card, detector), dataset
 
 

@@ -75,8 +75,9 @@ def train_model(args):
     else:
         model_name = args.model or "capsnet"
         overrides = dict(args.config)
-        overrides.update(routings=args.routings, em_iterations=args.em_iterations, reconstruction=args.reconstruction,
-                         recon_weight=args.recon_weight)
+        flags = {"routings": args.routings, "em_iterations": args.em_iterations, "reconstruction": args.reconstruction,
+                 "recon_weight": args.recon_weight}
+        overrides.update({key: value for key, value in flags.items() if value is not None})  # keep --config's
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,

@@ -43,9 +43,11 @@ class PrimaryMatrixCapsules(keras.layers.Layer):
 class _RoutedCapsules(keras.layers.Layer):
     """Owns the learned `beta_u`, `beta_a` (one per output type) and the EM routing settings."""
 
-    def __init__(self, types: int, iterations: int, temperatures, normalize_cost: bool = False, **kwargs):
+    def __init__(self, types: int, iterations: int, temperatures, normalize_cost: bool = False,
+                 stop_gradient: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.normalize_cost = bool(normalize_cost)
+        self.stop_gradient = bool(stop_gradient)
         self.types = int(types)
         self.iterations = int(iterations)
         self.temperatures = tuple(float(t) for t in temperatures)
@@ -66,15 +68,16 @@ class ConvMatrixCapsules(_RoutedCapsules):
         types: output capsule types.
         kernel: receptive field side `K`.
         strides: step between receptive fields.
-        iterations, temperatures, normalize_cost: EM routing settings (see `capsrobust.em_routing.em_routing`).
+        iterations, temperatures, normalize_cost, stop_gradient: EM routing settings (see
+            `capsrobust.em_routing.em_routing`).
 
     Input: `(poses (batch, H, W, in_types, 16), activations (batch, H, W, in_types))`.
     Output: `(poses (batch, H', W', types, 16), activations (batch, H', W', types))`, `H' = (H - K) // strides + 1`.
     """
 
     def __init__(self, types: int, kernel: int, strides: int, iterations: int = 3, temperatures=(1.0, 1.0),
-                 normalize_cost: bool = False, **kwargs):
-        super().__init__(types, iterations, temperatures, normalize_cost, **kwargs)
+                 normalize_cost: bool = False, stop_gradient: bool = False, **kwargs):
+        super().__init__(types, iterations, temperatures, normalize_cost, stop_gradient, **kwargs)
         self.kernel = int(kernel)
         self.strides = int(strides)
 
@@ -116,7 +119,7 @@ class ConvMatrixCapsules(_RoutedCapsules):
         votes = ops.reshape(votes, (*ops.shape(votes)[:4], POSE * POSE))
         means, parent_activations, _ = em_routing(votes, self._patches(activations), self.beta_u, self.beta_a,
                                                   self.iterations, self.temperatures, self.child_ids,
-                                                  self.num_children, self.normalize_cost)
+                                                  self.num_children, self.normalize_cost, self.stop_gradient)
         shape = (-1, self.out_height, self.out_width, self.types)
         return ops.reshape(means, (*shape, POSE * POSE)), ops.reshape(parent_activations, shape)
 
@@ -131,15 +134,15 @@ class ClassMatrixCapsules(_RoutedCapsules):
     Args:
         types: classes.
         centres: `(H, W, 2)` scaled receptive-field centres (row, column) of the input capsules.
-        iterations, temperatures, normalize_cost: EM routing settings.
+        iterations, temperatures, normalize_cost, stop_gradient: EM routing settings.
 
     Input: `(poses (batch, H, W, in_types, 16), activations (batch, H, W, in_types))`.
     Output: `(poses (batch, types, 16), activations (batch, types))`.
     """
 
     def __init__(self, types: int, centres, iterations: int = 3, temperatures=(1.0, 1.0), normalize_cost: bool = False,
-                 **kwargs):
-        super().__init__(types, iterations, temperatures, normalize_cost, **kwargs)
+                 stop_gradient: bool = False, **kwargs):
+        super().__init__(types, iterations, temperatures, normalize_cost, stop_gradient, **kwargs)
         self.centres = np.asarray(centres, dtype="float32")
 
     def build(self, input_shape):
@@ -166,7 +169,7 @@ class ClassMatrixCapsules(_RoutedCapsules):
         child_activations = ops.reshape(activations, (-1, 1, height * width * self.in_types))
         means, parent_activations, _ = em_routing(votes, child_activations, self.beta_u, self.beta_a,
                                                   self.iterations, self.temperatures,
-                                                  normalize_cost=self.normalize_cost)
+                                                  normalize_cost=self.normalize_cost, stop_gradient=self.stop_gradient)
         return means[:, 0], parent_activations[:, 0]
 
 

@@ -25,8 +25,9 @@ class CapsrobustModel(keras.Model):
     `{"image": images, "label": one_hot_labels}` so that the decoder is masked by the true label (Sabour et al. 2017);
     without labels the decoder is masked by the predicted class. Outputs:
 
-    - `"scores"`: `(batch_size, num_classes)`; capsule lengths in [0, 1) when `score_kind == "lengths"`, unnormalised
-      logits when `score_kind == "logits"`. The predicted class is always the arg-max.
+    - `"scores"`: `(batch_size, num_classes)`; capsule lengths in [0, 1) when `score_kind == "lengths"`, capsule
+      activations in (0, 1) when `"activations"` (EM routing), unnormalised logits when `"logits"`. The predicted class
+      is always the arg-max.
     - `"poses"`: `(batch_size, num_classes, pose_dim)`, the class capsules (or, for a CNN with a decoder, the
       class-grouped features the decoder reads); absent for plain CNNs.
     - `"reconstruction"`: `(batch_size, height, width, channels)`, present when the model has a decoder.

@@ -1,0 +1,43 @@
+"""EM capsule networks through the shared trainer: learning, and the spread-loss margin ramp across a resume."""
+
+import dataclasses
+import json
+
+import keras
+import pytest
+
+from capsrobust.models import create_model, model_config
+from capsrobust.models.predict import accuracy
+from capsrobust.training import TrainSettings, fit, load_state
+from capsrobust.training.callbacks import MarginSchedule
+
+# Short runs on 2 CPU cores: one EM iteration learns fastest from scratch (see the README on EM routing).
+SHORT_RUN_CONFIG = {"em_iterations": 1}
+
+
+def test_margin_ramp_is_linear_per_batch_and_holds_at_its_end():
+    schedule = MarginSchedule(keras.Variable(0.0), start=0.2, end=0.9, epochs=2, steps=10)
+    assert schedule.value(0, 0) == pytest.approx(0.2)
+    assert schedule.value(0, 5) == pytest.approx(0.2 + 0.7 * 0.25)
+    assert schedule.value(1, 0) == pytest.approx(0.55)
+    assert schedule.value(2, 0) == schedule.value(7, 3) == pytest.approx(0.9)
+
+
+def test_short_training_learns_and_a_resume_continues_the_margin_ramp(mnist_subset, tmp_path):
+    data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:1200], y_train=mnist_subset.y_train[:1200],
+                               x_val=mnist_subset.x_val[:300], y_val=mnist_subset.y_val[:300])
+    config = model_config("em-capsnet-small", **SHORT_RUN_CONFIG)
+    result = fit("em-capsnet-small", config, data, TrainSettings(epochs=2, batch_size=32), tmp_path)
+    test_accuracy = accuracy(result.model, mnist_subset.x_test[:500], mnist_subset.y_test[:500])
+    assert test_accuracy > 0.4, test_accuracy  # chance is 0.1
+    assert load_state(tmp_path).margin_schedule == {"start": 0.2, "end": 0.9, "epochs": 2}
+
+    # Extend the finished run by an epoch: the ramp planned for 2 epochs is kept, so epoch 3 trains at 0.9.
+    state = load_state(tmp_path)
+    state.finished = False
+    (tmp_path / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    fit("em-capsnet-small", config, data, TrainSettings(epochs=3, batch_size=32), tmp_path)
+    assert load_state(tmp_path).margin_schedule["epochs"] == 2
+    third = create_model("em-capsnet-small", **config)
+    third.load_weights(tmp_path / "epoch-0003.weights.h5")
+    assert float(third.spread_margin.numpy()) == pytest.approx(0.9)
