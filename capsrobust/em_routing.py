@@ -22,8 +22,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 def inverse_temperatures(iterations: int, first: float, last: float) -> list[float]:
     """The inverse temperature `lambda` of each iteration: rises linearly from `first` to `last`.
 
-    The paper says only that lambda rises over the iterations (its schedule is not given). A linear ramp to a value
-    that keeps `lambda * (beta_a - sum_h cost_h)` in the logistic's useful range for this formulation's cost scale.
+    The paper says only that lambda rises over the iterations and gives no schedule; a linear ramp is the simplest
+    one. The useful range depends on the cost's scale: about 1 for the standardised cost (`normalize_cost=True`),
+    about 0.01 or less for the raw cost, whose size grows with the number of children.
     """
     if iterations < 1:
         raise ValueError(f"EM routing needs at least one iteration. Received: iterations={iterations}")

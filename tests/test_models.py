@@ -13,6 +13,8 @@ def test_every_registered_model_builds_and_exposes_uniform_outputs(name):
     assert outputs[SCORES].shape == (3, 10)
     if model.score_kind == "lengths":
         assert np.all((outputs[SCORES] >= 0) & (outputs[SCORES] < 1))
+    elif model.score_kind == "activations":
+        assert np.all((outputs[SCORES] > 0) & (outputs[SCORES] < 1))
     else:
         assert model.score_kind == "logits"
     if model.has_decoder:
