@@ -56,6 +56,17 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=positive_int, metavar="N", help="use at most N images")
 
 
+def entry_dataset(entry, args):
+    """The data set a store entry was trained on, split as it was: from `--data-dir` (or the usual places), or the
+    bundled subset when the entry was trained on it and no directory is given (`--subset` forces it)."""
+    from capsrobust.data import load_dataset
+
+    trained_on = entry.card["dataset"]
+    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    return load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset, val_size=trained_on.get("val"),
+                        val_seed=trained_on.get("val_seed"))
+
+
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="DIR", help="trained-model store (default: $CAPSROBUST_HOME or ~/.capsrobust)")
 

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from capsrobust.cli.args import add_data_args, add_store_arg, eps_list, non_negative_int, positive_float, positive_int
+from capsrobust.cli.args import (add_data_args, add_store_arg, entry_dataset, eps_list, non_negative_int, positive_float,
+                                 positive_int)
 
 DEFAULT_LIMIT = 1000
 
@@ -55,16 +56,12 @@ def check_methods(text: str) -> tuple[str, ...]:
 
 def load_under_test(store, entry, args, need_detector: bool = False):
     """The entry's model, its evaluation data and (if it has a decoder) its detector."""
-    from capsrobust.data import load_dataset
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
     from capsrobust.errors import ConfigError
     from capsrobust.sweep import ModelUnderTest
 
     model = store.load(entry)
-    trained_on = entry.card["dataset"]
-    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
-    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset,
-                           val_size=trained_on.get("val"), val_seed=trained_on.get("val_seed"))
+    dataset = entry_dataset(entry, args)
     detector = None
     if model.has_decoder:
         stored = entry.card.get("detector")

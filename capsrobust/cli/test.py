@@ -3,7 +3,7 @@
 import argparse
 import time
 
-from capsrobust.cli.args import add_data_args, add_store_arg, positive_int
+from capsrobust.cli.args import add_data_args, add_store_arg, entry_dataset, positive_int
 
 HELP = "test accuracy of a trained model from the store"
 EXAMPLES = """examples:
@@ -28,15 +28,12 @@ def run(args) -> int:
     from rich.table import Table
 
     from capsrobust.console import console
-    from capsrobust.data import load_dataset
     from capsrobust.models.predict import accuracy
     from capsrobust.store import ModelStore
 
     store = ModelStore(args.store)
     entry = store.resolve(args.model, dataset=args.dataset)
-    trained_on = entry.card["dataset"]
-    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
-    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset)
+    dataset = entry_dataset(entry, args)
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
     model = store.load(entry)
     started = time.perf_counter()

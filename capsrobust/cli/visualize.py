@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from capsrobust.cli.args import add_data_args, add_store_arg, non_negative_int, positive_int
+from capsrobust.cli.args import add_data_args, add_store_arg, entry_dataset, non_negative_int, positive_int
 
 HELP = "pose manipulation grids: each capsule dimension stepped from -0.25 to 0.25 and decoded"
 EXAMPLES = """examples:
@@ -29,16 +29,13 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from capsrobust import plots
     from capsrobust.console import console
-    from capsrobust.data import load_dataset
     from capsrobust.errors import CapsrobustError, ConfigError
     from capsrobust.pose_grid import OFFSETS, pose_perturbations
     from capsrobust.store import ModelStore
 
     store = ModelStore(args.store)
     entry = store.resolve(args.model, dataset=args.dataset)
-    trained_on = entry.card["dataset"]
-    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
-    dataset = load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset)
+    dataset = entry_dataset(entry, args)
     if args.first >= len(dataset.x_test):
         raise ConfigError(f"--first {args.first} is past the {len(dataset.x_test)} test images")
     images = dataset.x_test[args.first:args.first + args.images]

@@ -7,6 +7,7 @@ sizes, then the data in C order, big-endian. Every way a file can be broken rais
 import gzip
 import hashlib
 import io
+import math
 import os
 import tempfile
 import zlib
@@ -112,13 +113,20 @@ def _parse(name: str, data: bytes) -> np.ndarray:
     if len(data) < offset:
         raise DataError(f"{name}: truncated: header needs {offset} bytes for {ndim} dimensions, file holds {len(data)}")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(IDX_DTYPES[code])
-    expected = dtype.itemsize
-    for size in shape:
-        expected *= size
-    actual = len(data) - offset
+    what = f"{shape[0]} items" + (f" of {'x'.join(map(str, shape[1:]))}" if ndim > 1 else "")
+    return array_after_header(name, data, offset, shape, np.dtype(IDX_DTYPES[code]), what)
+
+
+def array_after_header(name: str, data: bytes, offset: int, shape: tuple[int, ...], dtype: np.dtype,
+                       what: str) -> np.ndarray:
+    """The array of `shape` and `dtype` a header announced, read from `data[offset:]` (IDX and NORB files).
+
+    Raises:
+        DataError: the data after the header is shorter or longer than announced (`what` describes the shape), or
+            the shape is too large for numpy.
+    """
+    expected, actual = math.prod(shape) * dtype.itemsize, len(data) - offset
     if actual != expected:
-        what = f"{shape[0]} items" + (f" of {'x'.join(map(str, shape[1:]))}" if ndim > 1 else "")
         problem = "truncated" if actual < expected else f"trailing data ({actual - expected} extra bytes)"
         raise DataError(
             f"{name}: {problem}: header says {what} of {dtype.name} ({expected} bytes) "

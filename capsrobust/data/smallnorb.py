@@ -23,13 +23,12 @@ attacks need pixels in [0, 1] and an L-inf eps on that scale, so the normalisati
 `{"standardize": True}`, for models that take that key), and attacks differentiate through it.
 """
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from capsrobust.data.idx import gzip_bytes, read_bytes
+from capsrobust.data.idx import array_after_header, gzip_bytes, read_bytes
 from capsrobust.errors import DataError
 from capsrobust.io import atomic_path
 
@@ -79,19 +78,7 @@ def read_norb(path: str | os.PathLike) -> np.ndarray:
     shape = tuple(int.from_bytes(data[8 + 4 * i : 12 + 4 * i], "little", signed=True) for i in range(ndim))
     if min(shape) < 0:
         raise DataError(f"{name}: negative size in header shape {'x'.join(map(str, shape))}")
-    dtype = np.dtype(MAGIC_DTYPES[magic])
-    expected, actual = math.prod(shape) * dtype.itemsize, len(data) - offset
-    if actual != expected:
-        problem = "truncated" if actual < expected else f"trailing data ({actual - expected} extra bytes)"
-        raise DataError(
-            f"{name}: {problem}: header says {'x'.join(map(str, shape))} of {dtype.name} ({expected} bytes) "
-            f"but file holds {actual} bytes of data"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=offset).astype(dtype.newbyteorder("="))
-    try:
-        return array.reshape(shape)
-    except ValueError:  # an empty array whose other dimensions overflow numpy's size limit
-        raise DataError(f"{name}: unsupported shape {'x'.join(map(str, shape))}: too large") from None
+    return array_after_header(name, data, offset, shape, np.dtype(MAGIC_DTYPES[magic]), "x".join(map(str, shape)))
 
 
 def write_norb(path: str | os.PathLike, array: np.ndarray) -> None:
