@@ -14,7 +14,9 @@ POSE = 4  # pose matrices are POSE x POSE
 
 
 def _transforms_initializer():
-    return keras.initializers.RandomNormal(stddev=0.5)
+    # Each vote entry sums POSE products of pose and matrix entries: with std 1/sqrt(POSE) = 0.5 per matrix entry,
+    # votes start on the scale of the poses they come from.
+    return keras.initializers.RandomNormal(stddev=POSE ** -0.5)
 
 
 class PrimaryMatrixCapsules(keras.layers.Layer):
