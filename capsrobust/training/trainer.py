@@ -2,7 +2,6 @@
 
 import importlib.util
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
