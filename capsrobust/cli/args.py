@@ -56,6 +56,21 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--limit", type=positive_int, metavar="N", help="use at most N images")
 
 
+def add_entry_args(parser: argparse.ArgumentParser) -> None:
+    """`--model` and `--dataset`: the stored entry a command works on (see `resolve_entry`)."""
+    parser.add_argument("--model", default="capsnet", help="registered model name (its best stored entry) or a "
+                                                           "store entry id; default capsnet")
+    parser.add_argument("--dataset", help="pick the best entry trained on this data set")
+
+
+def resolve_entry(args):
+    """`(store, entry)`: the store at `--store` and its entry named by `--model` and `--dataset`."""
+    from capsrobust.store import ModelStore
+
+    store = ModelStore(args.store)
+    return store, store.resolve(args.model, dataset=args.dataset)
+
+
 def entry_dataset(entry, args):
     """The data set a store entry was trained on, split as it was: from `--data-dir` (or the usual places), or the
     bundled subset when the entry was trained on it and no directory is given (`--subset` forces it)."""

@@ -2,6 +2,7 @@
 
 import argparse
 
+from capsrobust.cli.args import add_entry_args, resolve_entry
 from capsrobust.cli.evaluate import add_attack_args, check_methods, load_under_test, run_and_report, sweep_config
 
 ATTACK_HELP = "attack a stored model with FGSM, BIM or PGD and report robust accuracy and detection"
@@ -16,28 +17,22 @@ DETECT_HELP = "reconstruction-error detection (DARCCC) of attacks on a stored mo
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("attack", help=ATTACK_HELP, description=ATTACK_HELP, epilog=ATTACK_EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="capsnet", help="registered model name (its best stored entry) or a "
-                                                           "store entry id; default capsnet")
-    parser.add_argument("--dataset", help="pick the best entry trained on this data set")
+    add_entry_args(parser)
     add_attack_args(parser, methods_default="bim", eps_default="0.1")
     parser.set_defaults(run=run_attack, command="attack")
 
     parser = subparsers.add_parser("detect", help=DETECT_HELP, description=DETECT_HELP,
                                    epilog="example:\n  capsrobust detect --model capsnet --method bim --eps 0.1",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="capsnet", help="model name or store entry id (default capsnet)")
-    parser.add_argument("--dataset", help="pick the best entry trained on this data set")
+    add_entry_args(parser)
     add_attack_args(parser, methods_default="bim", eps_default="0.1")
     parser.set_defaults(run=run_detect, command="detect")
 
 
 def _run(args, need_detector: bool) -> int:
-    from capsrobust.store import ModelStore
-
     methods = check_methods(args.methods)
-    store = ModelStore(args.store)
-    under_test, dataset = load_under_test(store, store.resolve(args.model, dataset=args.dataset), args,
-                                          need_detector=need_detector)
+    store, entry = resolve_entry(args)
+    under_test, dataset = load_under_test(store, entry, args, need_detector=need_detector)
     run_and_report(args.command, [under_test], dataset, sweep_config(args, methods), args,
                    detection=under_test.detector is not None)
     return 0

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, entry_dataset, eps_list, non_negative_int, positive_float,
-                                 positive_int)
+from capsrobust.cli.args import (add_data_args, add_store_arg, entry_dataset, eps_list, non_negative_int,
+                                 positive_float, positive_int)
 
 DEFAULT_LIMIT = 1000
 

@@ -3,7 +3,7 @@
 import argparse
 import time
 
-from capsrobust.cli.args import add_data_args, add_store_arg, entry_dataset, positive_int
+from capsrobust.cli.args import add_data_args, add_entry_args, add_store_arg, entry_dataset, positive_int, resolve_entry
 
 HELP = "test accuracy of a trained model from the store"
 EXAMPLES = """examples:
@@ -15,9 +15,7 @@ EXAMPLES = """examples:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("test", help=HELP, description=HELP, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="capsnet",
-                        help="registered model name (its best stored entry) or a store entry id; default capsnet")
-    parser.add_argument("--dataset", help="data set the model was trained on (default: any; the entry's own)")
+    add_entry_args(parser)
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (256)")
     add_data_args(parser)
     add_store_arg(parser)
@@ -29,10 +27,7 @@ def run(args) -> int:
 
     from capsrobust.console import console
     from capsrobust.models.predict import accuracy
-    from capsrobust.store import ModelStore
-
-    store = ModelStore(args.store)
-    entry = store.resolve(args.model, dataset=args.dataset)
+    store, entry = resolve_entry(args)
     dataset = entry_dataset(entry, args)
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
     model = store.load(entry)

@@ -3,7 +3,8 @@
 import argparse
 from pathlib import Path
 
-from capsrobust.cli.args import add_data_args, add_store_arg, entry_dataset, non_negative_int, positive_int
+from capsrobust.cli.args import (add_data_args, add_entry_args, add_store_arg, entry_dataset, non_negative_int,
+                                 positive_int, resolve_entry)
 
 HELP = "pose manipulation grids: each capsule dimension stepped from -0.25 to 0.25 and decoded"
 EXAMPLES = """examples:
@@ -15,9 +16,7 @@ EXAMPLES = """examples:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("visualize", help=HELP, description=HELP, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="capsnet", help="model name (its best stored entry) or a store entry id; "
-                                                           "default capsnet")
-    parser.add_argument("--dataset", help="pick the best entry trained on this data set")
+    add_entry_args(parser)
     parser.add_argument("--images", type=positive_int, default=4, help="how many test images (4)")
     parser.add_argument("--first", type=non_negative_int, default=0, help="index of the first test image (0)")
     parser.add_argument("--output", metavar="DIR", help="where the grids go (default ./capsrobust-output)")
@@ -31,10 +30,7 @@ def run(args) -> int:
     from capsrobust.console import console
     from capsrobust.errors import CapsrobustError, ConfigError
     from capsrobust.pose_grid import OFFSETS, pose_perturbations
-    from capsrobust.store import ModelStore
-
-    store = ModelStore(args.store)
-    entry = store.resolve(args.model, dataset=args.dataset)
+    store, entry = resolve_entry(args)
     dataset = entry_dataset(entry, args)
     if args.first >= len(dataset.x_test):
         raise ConfigError(f"--first {args.first} is past the {len(dataset.x_test)} test images")
