@@ -5,7 +5,7 @@ from typing import ClassVar
 import keras
 from keras import ops
 
-from capsrobust.layers import mask_poses
+from capsrobust.layers import ReconstructionDecoder, mask_poses
 from capsrobust.losses import reconstruction_loss
 
 SCORES, POSES, RECONSTRUCTION = "scores", "poses", "reconstruction"
@@ -37,17 +37,18 @@ class CapsrobustModel(keras.Model):
     Args:
         image_shape: `(height, width, channels)`.
         num_classes: number of classes.
-        decoder: the reconstruction decoder, or None.
+        decoder_units: hidden widths of the reconstruction decoder (`ReconstructionDecoder`), or None for no decoder.
         recon_weight: weight of the summed squared reconstruction error in the training loss.
     """
 
     score_kind: ClassVar[str]
 
-    def __init__(self, image_shape, num_classes: int, decoder=None, recon_weight: float = 0.0005, **kwargs):
+    def __init__(self, image_shape, num_classes: int, decoder_units=None, recon_weight: float = 0.0005, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)
-        self.decoder = decoder
+        self.decoder = None if decoder_units is None else ReconstructionDecoder(self.image_shape, decoder_units,
+                                                                                name="decoder")
         self.recon_weight = float(recon_weight)
         self.accuracy_metric = keras.metrics.CategoricalAccuracy(name="accuracy")
 

@@ -2,7 +2,7 @@
 
 import keras
 
-from capsrobust.layers import PrimaryCapsules, ReconstructionDecoder, RoutingCapsules, capsule_lengths
+from capsrobust.layers import PrimaryCapsules, RoutingCapsules, capsule_lengths
 from capsrobust.losses import margin_loss
 from capsrobust.models.base import CapsrobustModel
 from capsrobust.models.registry import register_model, register_variant
@@ -21,8 +21,8 @@ class CapsNet(CapsrobustModel):
     def __init__(self, *, image_shape, num_classes, conv_channels, conv_kernel, primary_types, primary_dim,
                  primary_kernel, primary_strides, capsule_dim, routings, routing_stop_gradient, reconstruction,
                  decoder_units, recon_weight, m_plus, m_minus, down_weight, **kwargs):
-        decoder = ReconstructionDecoder(image_shape, decoder_units, name="decoder") if reconstruction else None
-        super().__init__(image_shape, num_classes, decoder=decoder, recon_weight=recon_weight, **kwargs)
+        super().__init__(image_shape, num_classes, decoder_units=decoder_units if reconstruction else None,
+                         recon_weight=recon_weight, **kwargs)
         self.margins = (float(m_plus), float(m_minus), float(down_weight))
         self.conv = keras.layers.Conv2D(conv_channels, conv_kernel, activation="relu", name="conv1")
         self.primary_capsules = PrimaryCapsules(primary_types, primary_dim, primary_kernel, primary_strides,

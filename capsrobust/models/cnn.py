@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from capsrobust.layers import ReconstructionDecoder
 from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models.base import CapsrobustModel
 from capsrobust.models.registry import register_model, register_variant
@@ -46,8 +45,8 @@ class CNN(CapsrobustModel):
 
     def __init__(self, *, image_shape, num_classes, conv_channels, conv_kernel, padding, pool, dense_units, dropout,
                  reconstruction, pose_dim, decoder_units, recon_weight, **kwargs):
-        decoder = ReconstructionDecoder(image_shape, decoder_units, name="decoder") if reconstruction else None
-        super().__init__(image_shape, num_classes, decoder=decoder, recon_weight=recon_weight, **kwargs)
+        super().__init__(image_shape, num_classes, decoder_units=decoder_units if reconstruction else None,
+                         recon_weight=recon_weight, **kwargs)
         self.convs = [keras.layers.Conv2D(c, conv_kernel, padding=padding, activation="relu", name=f"conv{i + 1}")
                       for i, c in enumerate(conv_channels)]
         self.pool = keras.layers.MaxPooling2D(2, name="pool") if pool else None

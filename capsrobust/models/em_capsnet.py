@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from capsrobust.layers import (ClassMatrixCapsules, ConvMatrixCapsules, PerImageStandardization, PrimaryMatrixCapsules,
-                               ReconstructionDecoder, receptive_field_centres)
+                               receptive_field_centres)
 from capsrobust.losses import spread_loss
 from capsrobust.models.base import CapsrobustModel
 from capsrobust.models.registry import register_model, register_variant
@@ -29,8 +29,8 @@ class EMCapsNet(CapsrobustModel):
     def __init__(self, *, image_shape, num_classes, conv_channels, primary_types, conv_types, conv_kernels,
                  conv_strides, em_iterations, inverse_temperature, normalize_cost, routing_stop_gradient, standardize,
                  reconstruction, decoder_units, recon_weight, margin_start, margin_end, **kwargs):
-        decoder = ReconstructionDecoder(image_shape, decoder_units, name="decoder") if reconstruction else None
-        super().__init__(image_shape, num_classes, decoder=decoder, recon_weight=recon_weight, **kwargs)
+        super().__init__(image_shape, num_classes, decoder_units=decoder_units if reconstruction else None,
+                         recon_weight=recon_weight, **kwargs)
         if len(conv_types) != len(conv_kernels) or len(conv_types) != len(conv_strides):
             raise ValueError("conv_types, conv_kernels and conv_strides need one entry per convolutional capsule layer")
         self.margin_range = (float(margin_start), float(margin_end))
