@@ -56,11 +56,9 @@ def test_parameter_counts():
 def test_assignments_sum_to_one_over_all_parents_of_each_child(small_capsules, mnist_subset):
     layer = small_capsules.conv_capsules[0]  # 12x12x8 children, 3x3 stride 2 fields: most children have 1-4 parents
     capsules = small_capsules.primary_capsules(small_capsules.conv(mnist_subset.x_test[:3]))
-    patches = [layer._patches(t) for t in capsules]
-    votes = ops.einsum("bpixy,ijyz->bpijxz", ops.reshape(patches[0], (*patches[0].shape[:3], 4, 4)), layer.transforms)
-    votes = ops.reshape(votes, (*votes.shape[:4], 16))
+    votes, activations = layer.votes(capsules)
     for iterations in (1, 2, 3):
-        _, _, assignments = em_routing(votes, patches[1], layer.beta_u, layer.beta_a, iterations, (0.01, 0.01),
+        _, _, assignments = em_routing(votes, activations, layer.beta_u, layer.beta_a, iterations, (0.01, 0.01),
                                        layer.child_ids, layer.num_children)
         per_slot = ops.convert_to_numpy(ops.sum(assignments, axis=-1)).reshape(3, -1)  # (batch, P*I)
         per_child = np.stack([np.bincount(layer.child_ids, weights=row, minlength=layer.num_children)

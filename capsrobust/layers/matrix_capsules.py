@@ -113,13 +113,18 @@ class ConvMatrixCapsules(_RoutedCapsules):
         patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5, *range(6, 6 + len(tail))))
         return ops.reshape(patches, (-1, self.out_height * self.out_width, k * k * self.in_types, *tail))
 
-    def call(self, inputs):
+    def votes(self, inputs):
+        """What EM routing receives at each output position: `(votes, child activations)`, shapes
+        `(batch, H' * W', K * K * in_types, types, 16)` and `(batch, H' * W', K * K * in_types)`."""
         poses, activations = inputs
         child_poses = ops.reshape(self._patches(poses), (-1, self.out_height * self.out_width,
                                                          self.kernel * self.kernel * self.in_types, POSE, POSE))
         votes = ops.einsum("bpixy,ijyz->bpijxz", child_poses, self.transforms)
-        votes = ops.reshape(votes, (*ops.shape(votes)[:4], POSE * POSE))
-        means, parent_activations, _ = em_routing(votes, self._patches(activations), self.beta_u, self.beta_a,
+        return ops.reshape(votes, (*ops.shape(votes)[:4], POSE * POSE)), self._patches(activations)
+
+    def call(self, inputs):
+        votes, child_activations = self.votes(inputs)
+        means, parent_activations, _ = em_routing(votes, child_activations, self.beta_u, self.beta_a,
                                                   self.iterations, self.temperatures, self.child_ids,
                                                   self.num_children, self.normalize_cost, self.stop_gradient)
         shape = (-1, self.out_height, self.out_width, self.types)
