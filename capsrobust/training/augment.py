@@ -21,9 +21,8 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
         return images
     n, height, width, _ = images.shape
     padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (height, width), axis=(1, 2))
     dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    return np.ascontiguousarray(windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1))
+    return _windows(padded, height, width, dy, dx)
 
 
 def random_crop(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -38,10 +37,15 @@ def random_crop(images: np.ndarray, size: int, rng: np.random.Generator) -> np.n
         `(batch_size, size, size, channels)`, same dtype.
     """
     n, height, width, _ = images.shape
-    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
     dy = rng.integers(0, height - size + 1, size=n)
     dx = rng.integers(0, width - size + 1, size=n)
-    return np.ascontiguousarray(windows[np.arange(n), dy, dx].transpose(0, 2, 3, 1))
+    return _windows(images, size, size, dy, dx)
+
+
+def _windows(images: np.ndarray, height: int, width: int, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """The `height`x`width` window of image `i` whose top-left corner is `(dy[i], dx[i])`, without copying twice."""
+    windows = np.lib.stride_tricks.sliding_window_view(images, (height, width), axis=(1, 2))
+    return np.ascontiguousarray(windows[np.arange(len(images)), dy, dx].transpose(0, 2, 3, 1))
 
 
 class ShiftedBatches(keras.utils.PyDataset):
