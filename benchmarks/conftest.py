@@ -7,6 +7,17 @@ from benchmarks.results import Result, save
 _RESULTS: list[Result] = []
 
 
+def pytest_addoption(parser):
+    parser.addoption("--jit", action="store_true",
+                     help="compile the routing kernels with XLA (as the trainer's jit_compile='auto' does on a CPU) "
+                          "instead of as plain tf.function graphs (as the ART bridge runs them)")
+
+
+@pytest.fixture(scope="session")
+def jit(request) -> bool:
+    return bool(request.config.getoption("--jit"))
+
+
 @pytest.fixture(scope="session")
 def benchmark_dataset():
     """Full MNIST when `CAPSROBUST_DATA` points at it, else the bundled subset (the figures say which)."""

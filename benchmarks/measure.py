@@ -18,9 +18,10 @@ class CompiledStep:
         probes: one array per output, broadcastable to it: the backward pass differentiates
             `sum_k sum(output_k * probe_k)` with respect to every input, so every output element gets its own weight.
         backward: run the backward pass too.
+        jit: under TensorFlow, compile with XLA (`jit_compile=True`); JAX always does.
     """
 
-    def __init__(self, function: Callable, probes: Sequence[np.ndarray], backward: bool):
+    def __init__(self, function: Callable, probes: Sequence[np.ndarray], backward: bool, jit: bool = False):
         def outputs_of(*inputs):
             outputs = function(*inputs)
             return outputs if isinstance(outputs, tuple) else (outputs,)
@@ -38,7 +39,7 @@ class CompiledStep:
                     value = objective(*inputs)
                 return value, tape.gradient(value, inputs)
 
-            self._step = tf.function(forward_backward if backward else outputs_of)
+            self._step = tf.function(forward_backward if backward else outputs_of, jit_compile=jit)
         elif self.backend == "jax":
             import jax
 

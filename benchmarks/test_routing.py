@@ -6,7 +6,8 @@
 Dynamic routing: CapsNet's DigitCaps (1152 children of 8 dimensions -> 10 parents of 16), 1/3/5 iterations, votes
 included (the reference tiles `W` and `u` to form them; the fast kernel uses one einsum). EM routing: the votes of
 `em-capsnet`'s and `em-capsnet-small`'s convolutional and class capsule layers on 28x28 inputs, 3 iterations, the
-models' routing settings. Both kernels of a pair run the same compiled way (`tf.function` graphs under TensorFlow).
+models' routing settings. Both kernels of a pair run the same compiled way: `tf.function` graphs under TensorFlow, as
+the ART bridge runs them, or with `--jit` compiled by XLA, as the trainer runs them (`jit_compile="auto"`).
 """
 
 import time
@@ -29,11 +30,10 @@ TARGET_SECONDS = 2.0  # per test, roughly: rounds = TARGET_SECONDS / (one call),
 
 
 def _run(benchmark, step: CompiledStep, inputs: list) -> int | None:
-    started = time.perf_counter()
     step(*inputs)  # compiles
+    started = time.perf_counter()
     step(*inputs)
-    one_call = time.perf_counter() - started
-    rounds = int(np.clip(TARGET_SECONDS / max(one_call / 2, 1e-4), 3, 20))
+    rounds = int(np.clip(TARGET_SECONDS / max(time.perf_counter() - started, 1e-4), 3, 20))
     benchmark.pedantic(step, args=tuple(inputs), rounds=rounds, iterations=1)
     return step.peak_bytes(*inputs)
 
@@ -42,7 +42,7 @@ def _run(benchmark, step: CompiledStep, inputs: list) -> int | None:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("iterations", [1, 3, 5])
 @pytest.mark.parametrize("batch", BATCHES)
-def test_dynamic_routing(benchmark, record, batch, iterations, mode, variant):
+def test_dynamic_routing(benchmark, record, jit, batch, iterations, mode, variant):
     rng = np.random.default_rng(0)
     inputs = np.asarray(squash(rng.normal(size=(batch, 1152, 8)).astype("float32")))
     kernel = rng.normal(scale=0.05, size=(1152, 10, 16, 8)).astype("float32")
@@ -53,9 +53,10 @@ def test_dynamic_routing(benchmark, record, batch, iterations, mode, variant):
         def routing(u, w):
             return tiled_dynamic_routing(u, w, iterations)
     probe = rng.normal(size=(10, 16)).astype("float32")
-    step = CompiledStep(routing, [probe], backward=mode == "fwd+bwd")
+    step = CompiledStep(routing, [probe], backward=mode == "fwd+bwd", jit=jit)
     peak = _run(benchmark, step, to_device([inputs, kernel]))
-    record("routing", f"dynamic {iterations} it, batch {batch}, {mode}", variant, peak_bytes=peak, batch=batch)
+    record("routing", f"dynamic {iterations} it, batch {batch}, {mode}{', xla' * jit}", variant, peak_bytes=peak,
+           batch=batch, xla=jit)
 
 
 def _em_layers() -> dict:
@@ -82,7 +83,7 @@ EM_LAYERS = _em_layers()
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("layer", list(EM_LAYERS))
 @pytest.mark.parametrize("batch", BATCHES)
-def test_em_routing(benchmark, record, batch, layer, mode, variant):
+def test_em_routing(benchmark, record, jit, batch, layer, mode, variant):
     positions, children, parents, child_ids, num_children = EM_LAYERS[layer]
     shape = (batch, positions, children, parents, 16)
     if np.prod(shape) * 4 > MAX_VOTES_BYTES:
@@ -100,6 +101,7 @@ def test_em_routing(benchmark, record, batch, layer, mode, variant):
 
     probes = [rng.normal(size=(positions, parents, 16)).astype("float32"),
               rng.normal(size=(positions, parents)).astype("float32")]
-    step = CompiledStep(routing, probes, backward=mode == "fwd+bwd")
+    step = CompiledStep(routing, probes, backward=mode == "fwd+bwd", jit=jit)
     peak = _run(benchmark, step, to_device([votes, activations, betas, betas]))
-    record("routing", f"EM {layer}, batch {batch}, {mode}", variant, peak_bytes=peak, batch=batch)
+    record("routing", f"EM {layer}, batch {batch}, {mode}{', xla' * jit}", variant, peak_bytes=peak, batch=batch,
+           xla=jit)
