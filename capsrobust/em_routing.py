@@ -103,19 +103,20 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
     # Parents before children from here on, so that both products below are plain batched matmuls.
     assignments = ops.broadcast_to(ops.convert_to_tensor(np.swapaxes(uniform, 1, 2), dtype=votes.dtype),
                                    (ops.shape(votes)[0], positions, parents, children))  # (b, P, J, I)
-    # Each parent's first and second moments of its votes come from one product of the weights with [V, V^2], and
-    # each vote's squared Mahalanobis distance from one product of [V, V^2] with the parent's [-mu/var, 1/(2 var)].
-    # Nothing of the votes' size is formed per iteration: the plain formulation (`routing_reference`) builds five
-    # such tensors, and keeps them all for the backward pass.
+    # Each parent's first and second moments are products of the weights with V and V^2, and each vote's squared
+    # Mahalanobis distance is V^2 . 1/(2 var) - V . mu/var + const: batched matrix-vector products over the votes, so
+    # nothing of the votes' size is formed per iteration. The plain formulation (`routing_reference`) forms several such
+    # tensors per iteration and keeps them all for the backward pass.
     by_parent = ops.transpose(votes, (0, 1, 3, 2, 4))  # (b, P, J, I, H)
-    moments_of = ops.concatenate([by_parent, ops.square(by_parent)], axis=-1)  # (b, P, J, I, 2H)
+    squares = ops.square(by_parent)
     child_activations = ops.expand_dims(activations, 2)  # (b, P, 1, I)
     for iteration, inverse_temperature in enumerate(lambdas):
         # M-step: fit each parent's Gaussian to the votes, weighted by assignment times child activation.
         weights = assignments * child_activations  # (b, P, J, I)
         mass = ops.sum(weights, axis=-1) + 1e-9  # (b, P, J); sum_i R_ij, kept off zero for 0/0-free means
-        moments = ops.squeeze(ops.matmul(ops.expand_dims(weights, -2), moments_of), -2) / ops.expand_dims(mass, -1)
-        means, second_moments = moments[..., :pose_size], moments[..., pose_size:]  # (b, P, J, H) each
+        row = ops.expand_dims(weights, -2)  # (b, P, J, 1, I)
+        means = ops.squeeze(ops.matmul(row, by_parent), -2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
+        second_moments = ops.squeeze(ops.matmul(row, squares), -2) / ops.expand_dims(mass, -1)
         # E[V^2] - mu^2 loses digits when the spread is small next to the mean; the floor is far above that loss
         # (float32 rounding of ~1e-7 * mu^2) for votes of size below ~10.
         variances = ops.relu(second_moments - ops.square(means)) + VARIANCE_FLOOR
@@ -130,8 +131,8 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
             break  # the last E-step would only update assignments that nothing reads
         # E-step: R_ij = a_j p_j(V_ij) / sum over i's parents k of a_k p_k(V_ik), all in log space.
         precisions = 1.0 / variances
-        coefficients = ops.concatenate([-means * precisions, 0.5 * precisions], axis=-1)  # (b, P, J, 2H)
-        quadratic = ops.squeeze(ops.matmul(moments_of, ops.expand_dims(coefficients, -1)), -1)  # (b, P, J, I)
+        quadratic = ops.squeeze(ops.matmul(squares, ops.expand_dims(0.5 * precisions, -1))
+                                - ops.matmul(by_parent, ops.expand_dims(means * precisions, -1)), -1)  # (b, P, J, I)
         constant = ops.sum(0.5 * ops.square(means) * precisions + log_sigmas, axis=-1) + 0.5 * pose_size * _LOG_2PI
         log_weights = ops.expand_dims(ops.log_sigmoid(logits) - constant, -1) - quadratic  # log a_j p_j(V_ij)
         assignments = normalise_over_parents(log_weights, 2, child_ids, num_children)
