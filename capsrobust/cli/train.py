@@ -4,7 +4,8 @@ import argparse
 import dataclasses
 import datetime
 
-from capsrobust.cli.args import add_data_args, add_store_arg, config_item, non_negative_int, positive_float, positive_int
+from capsrobust.cli.args import (add_data_args, add_store_arg, config_item, non_negative_int, positive_float,
+                                 positive_int)
 
 HELP = "train a model from the registry and save it in the trained-model store"
 EXAMPLES = """examples:
@@ -14,6 +15,7 @@ EXAMPLES = """examples:
   capsrobust train mnist --routings 1 --no-reconstruction --epochs 2 --limit 5000
   capsrobust train mnist --model em-capsnet --em-iterations 2   matrix capsules with EM routing
   capsrobust train mnist --resume                           continue the newest interrupted mnist run
+  capsrobust train mnist --devices 2                        data parallel over two GPUs (or a CPU split in two)
   capsrobust train smallnorb --data-dir ~/data --model cnn-small --epochs 5
 """
 
@@ -42,9 +44,10 @@ def add_parser(subparsers) -> None:
                        help="random shift augmentation in pixels (2); smallnorb uses random 32x32 crops instead")
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     optim.add_argument("--strategy", default="auto",
-                       help="data parallelism, auto|none|mirrored|multi-worker: mirrored (the local GPUs, or the CPU split into --devices logical "
-                            "devices), multi-worker (TF_CONFIG / jax.distributed), none; auto: mirrored when "
-                            "--devices > 1 (tf.distribute under TensorFlow, keras.distribution under JAX)")
+                       help="data parallelism, auto|none|mirrored|multi-worker: mirrored uses the local GPUs, or the "
+                            "CPU split into --devices logical devices; multi-worker reads TF_CONFIG (or "
+                            "jax.distributed's environment); auto is mirrored when --devices > 1 (tf.distribute under "
+                            "TensorFlow, keras.distribution under JAX)")
     optim.add_argument("--devices", type=positive_int, help="devices for --strategy mirrored (default: all local)")
     optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation accuracy")

@@ -1,4 +1,4 @@
-"""Data-parallel training with the backend's own engine: `tf.distribute` under TensorFlow, `keras.distribution` under JAX.
+"""Data-parallel training with the backend's own engine: `tf.distribute` (TensorFlow), `keras.distribution` (JAX).
 
 Strategies (`capsrobust train --strategy`, `--devices N`):
 
@@ -104,7 +104,8 @@ def scope(strategy: str, devices: int | None) -> Iterator[int]:
 
 def _chosen(available: list, devices: int | None) -> list:
     if devices and len(available) < devices:
-        raise ConfigError(f"--devices {devices} asked for more devices than there are: {', '.join(map(str, available))}")
+        raise ConfigError(f"--devices {devices} asked for more devices than there are: "
+                          f"{', '.join(map(str, available))}")
     return available[:devices] if devices else available
 
 
