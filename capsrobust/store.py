@@ -24,9 +24,9 @@ import keras
 import numpy as np
 
 import capsrobust
-from capsrobust.errors import StoreError
+from capsrobust.errors import ConfigError, StoreError
 from capsrobust.io import read_json, write_json
-from capsrobust.models import create_model
+from capsrobust.models import create_model, model_config
 
 CARD_FORMAT = "capsrobust-model-card"
 CARD_VERSION = 1
@@ -73,17 +73,69 @@ class Entry:
     card: dict
     problem: str = ""
 
+    # A broken entry's card may hold anything (that is why it is broken), so these never assume its types.
     @property
     def model(self) -> str:
-        return self.card.get("model", "?")
+        model = self.card.get("model")
+        return model if isinstance(model, str) else "?"
 
     @property
     def dataset(self) -> str:
-        return self.card.get("dataset", {}).get("name", "?")
+        name = _field(self.card, "dataset", "name")
+        return name if isinstance(name, str) else "?"
 
     @property
     def val_accuracy(self) -> float:
-        return float(self.card.get("metrics", {}).get("val_accuracy", float("nan")))
+        value = _field(self.card, "metrics", "val_accuracy")
+        return float(value) if _is_number(value) else float("nan")
+
+
+def _field(card: dict, section: str, key: str):
+    """`card[section][key]`, or None where the section is not a dict or lacks the key."""
+    part = card.get(section)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What a card must hold for the store to load its model: field -> type (None: optional field).
+_CARD_FIELDS = {"model": str, "config": dict, "dataset": dict, "weights": dict}
+_OPTIONAL_CARD_FIELDS = {"metrics": dict, "training": dict, "family": str, "created": str, "backend": str,
+                         "detector": (dict, type(None))}
+
+
+def card_problem(card: dict) -> str:
+    """Why a (current-version) card cannot describe a loadable model, in a few words; empty if it can.
+
+    Checks the types the store and the commands rely on, and that the registry knows the model and every key of its
+    configuration, so a tampered card is reported as broken instead of failing later with a traceback.
+    """
+    for name, kind in {**_CARD_FIELDS, **_OPTIONAL_CARD_FIELDS}.items():
+        if name not in card:
+            if name in _CARD_FIELDS:
+                return f"card.json has no {name!r}"
+            continue
+        if not isinstance(card[name], kind):
+            return f"card.json field {name!r} has the wrong type ({type(card[name]).__name__})"
+    if not isinstance(card["dataset"].get("name"), str):
+        return "card.json has no dataset name"
+    sha256 = card["weights"].get("sha256")
+    if not (isinstance(sha256, str) and len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
+        return "card.json has no valid weights sha256"
+    for key in ("val_accuracy", "test_accuracy"):
+        value = card.get("metrics", {}).get(key)
+        if value is not None and not _is_number(value):
+            return f"card.json metric {key!r} is not a number"
+    detector = card.get("detector")
+    if detector is not None and not _is_number(detector.get("threshold")):
+        return "card.json detector has no numeric threshold"
+    try:
+        model_config(card["model"], **card["config"])
+    except ConfigError as error:
+        return f"card.json: {error}"
+    return ""
 
 
 class ModelStore:
@@ -165,9 +217,15 @@ class ModelStore:
             return Entry(path.name, path, {}, f"unreadable card.json ({type(error).__name__})")
         if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
             return Entry(path.name, path, {}, "card.json is not a capsrobust model card")
-        if card.get("version", 0) > CARD_VERSION:
-            return Entry(path.name, path, card, f"card version {card.get('version')} is newer than this capsrobust "
+        version = card.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            return Entry(path.name, path, {}, f"card.json has an invalid version {version!r}")
+        if version > CARD_VERSION:
+            return Entry(path.name, path, card, f"card version {version} is newer than this capsrobust "
                                                 f"supports ({CARD_VERSION}); upgrade capsrobust")
+        problem = card_problem(card)
+        if problem:
+            return Entry(path.name, path, card, problem)
         if not (path / WEIGHTS_FILE).is_file():
             return Entry(path.name, path, card, f"missing {WEIGHTS_FILE}")
         return Entry(path.name, path, card)
@@ -201,7 +259,10 @@ class ModelStore:
             raise StoreError(f"store entry {entry.id} is broken: {entry.problem}")
         weights = entry.path / WEIGHTS_FILE
         expected = entry.card.get("weights", {}).get("sha256")
-        actual = sha256_of(weights)
+        try:
+            actual = sha256_of(weights)
+        except OSError as error:
+            raise StoreError(f"{weights}: cannot read: {error.strerror or error}") from None
         if actual != expected:
             raise StoreError(f"{weights}: sha256 {actual[:12]}… does not match the card's {str(expected)[:12]}…; "
                              f"the weights were modified or corrupted")

@@ -57,7 +57,7 @@ def check_methods(text: str) -> tuple[str, ...]:
 def load_under_test(store, entry, args, need_detector: bool = False):
     """The entry's model, its evaluation data and (if it has a decoder) its detector."""
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
-    from capsrobust.errors import ConfigError
+    from capsrobust.errors import ConfigError, StoreError
     from capsrobust.sweep import ModelUnderTest
 
     model = store.load(entry)
@@ -65,8 +65,12 @@ def load_under_test(store, entry, args, need_detector: bool = False):
     detector = None
     if model.has_decoder:
         stored = entry.card.get("detector")
-        detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
-            reconstruction_distances(model, dataset.x_val, args.batch_size))
+        try:
+            detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
+                reconstruction_distances(model, dataset.x_val, args.batch_size))
+        except TypeError:
+            raise StoreError(f"store entry {entry.id}: card.json has an unknown detector field "
+                             f"({', '.join(sorted(stored))})") from None
     elif need_detector:
         raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
                           f"or cnn-recon")

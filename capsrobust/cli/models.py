@@ -14,6 +14,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from capsrobust.console import console
@@ -35,9 +36,10 @@ def run(args) -> int:
     for column in ("model", "data set", "epochs", "val acc", "test acc", "backend", "trained", "status"):
         trained.add_column(column)
     for entry in entries:
-        card = entry.card
+        # A broken entry's card may hold anything: show only what a healthy card guarantees.
+        card = {} if entry.problem else entry.card
         metrics, training, data = card.get("metrics", {}), card.get("training", {}), card.get("dataset", {})
-        status = f"[red]broken: {entry.problem}[/]" if entry.problem else "[green]ok[/]"
+        status = f"[red]broken: {escape(entry.problem)}[/]" if entry.problem else "[green]ok[/]"
         source = " (subset)" if data.get("source") == "subset" else ""
         trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", str(training.get("epochs_completed", "")),
                         _fraction(metrics.get("val_accuracy")), _fraction(metrics.get("test_accuracy")),
