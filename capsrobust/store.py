@@ -201,14 +201,18 @@ class ModelStore:
         write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
         return Entry(entry_id, self.models_dir / entry_id, card)
 
-    def entries(self) -> list[Entry]:
-        """Every entry, healthy or not (a broken one carries its `problem`), oldest first."""
+    def entries(self, verify: bool = False) -> list[Entry]:
+        """Every entry, healthy or not (a broken one carries its `problem`), oldest first.
+
+        Args:
+            verify: also hash every weights file and mark those that do not match their card (reads all weights).
+        """
         if not self.models_dir.is_dir():
             return []
-        return [self._read_entry(path) for path in sorted(self.models_dir.iterdir())
+        return [self._read_entry(path, verify) for path in sorted(self.models_dir.iterdir())
                 if path.is_dir() and not path.name.startswith(".")]
 
-    def _read_entry(self, path: Path) -> Entry:
+    def _read_entry(self, path: Path, verify: bool = False) -> Entry:
         try:
             card = read_json(path / CARD_FILE)
         except FileNotFoundError:
@@ -228,6 +232,14 @@ class ModelStore:
             return Entry(path.name, path, card, problem)
         if not (path / WEIGHTS_FILE).is_file():
             return Entry(path.name, path, card, f"missing {WEIGHTS_FILE}")
+        if verify:
+            try:
+                matches = sha256_of(path / WEIGHTS_FILE) == card["weights"]["sha256"]
+            except OSError as error:
+                return Entry(path.name, path, card, f"unreadable {WEIGHTS_FILE} ({error.strerror or error})")
+            if not matches:
+                return Entry(path.name, path, card, f"{WEIGHTS_FILE} does not match the card's sha256 "
+                                                    "(modified or corrupted)")
         return Entry(path.name, path, card)
 
     def resolve(self, name: str, dataset: str | None = None) -> Entry:
