@@ -141,6 +141,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     from rich.table import Table
 
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
+    from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
     from capsrobust.store import library_versions
     from capsrobust.training import fit
@@ -170,7 +171,11 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    entry = store.publish(run_dir, result.model, card)
+    try:
+        entry = store.publish(run_dir, result.model, card)
+    except StoreError as error:
+        raise StoreError(f"{error}; the trained run is kept in {run_dir}: publish it with `capsrobust train "
+                         f"{dataset.name} --resume {run_dir.name}` once the store is writable") from None
     table = Table(title=f"trained {entry.id}")
     for column in ("model", "data set", "epochs", "best epoch", "val accuracy", "test accuracy", "img/s", "time"):
         table.add_column(column)
