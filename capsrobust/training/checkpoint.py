@@ -89,5 +89,15 @@ def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
         model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
 
 
+def remove_temporaries(run_dir: Path) -> None:
+    """Deletes the temporary files of checkpoint writes that never finished (the process was killed mid-write).
+
+    Call it only where no other process writes this run: on resume. Each may be as large as the model's weights.
+    """
+    for pattern in (".epoch-*", f".{BEST_WEIGHTS}.*", f".{STATE_FILE}.*"):
+        for stale in Path(run_dir).glob(pattern):
+            stale.unlink(missing_ok=True)
+
+
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / STATE_FILE).exists()

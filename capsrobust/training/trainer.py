@@ -13,7 +13,8 @@ from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.augment import ShiftedBatches
 from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
-from capsrobust.training.checkpoint import BEST_WEIGHTS, RunState, load_state, restore_checkpoint, save_state
+from capsrobust.training.checkpoint import (BEST_WEIGHTS, RunState, load_state, remove_temporaries, restore_checkpoint,
+                                           save_state)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
 
     state = load_state(run_dir)
+    remove_temporaries(run_dir)
     if state.epoch:
         restore_checkpoint(run_dir, model, state)
     if not state.finished and state.epoch < settings.epochs:
