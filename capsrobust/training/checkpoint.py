@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capsrobust.errors import StoreError
 from capsrobust.io import atomic_path, read_json, write_json
 
 STATE_FILE = "state.json"
@@ -42,9 +43,20 @@ def _epoch_stem(epoch: int) -> str:
 
 
 def load_state(run_dir: Path) -> RunState:
-    """The run's state, or a fresh one if no epoch has completed."""
+    """The run's state, or a fresh one if no epoch has completed.
+
+    Raises:
+        StoreError: `state.json` exists but is not a state this version wrote (damaged or edited by hand).
+    """
     path = Path(run_dir) / STATE_FILE
-    return RunState(**read_json(path)) if path.exists() else RunState()
+    if not path.exists():
+        return RunState()
+    try:
+        return RunState(**read_json(path))
+    except (OSError, ValueError, TypeError) as error:  # unreadable, not JSON, not an object, unknown keys
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise StoreError(f"{path}: not a readable run state ({reason}); this run cannot be resumed, "
+                         f"start a new one") from None
 
 
 def save_state(run_dir: Path, state: RunState) -> None:
@@ -81,12 +93,21 @@ def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> No
 
 
 def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
-    """Loads the weights and optimizer state of `state.epoch` into a compiled `model`."""
+    """Loads the weights and optimizer state of `state.epoch` into a compiled `model`.
+
+    Raises:
+        StoreError: the checkpoint's files are missing or damaged.
+    """
     stem = Path(run_dir) / _epoch_stem(state.epoch)
-    model.load_weights(f"{stem}.weights.h5")
-    model.optimizer.build(model.trainable_variables)
-    with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
-        model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
+    try:
+        model.load_weights(f"{stem}.weights.h5")
+        model.optimizer.build(model.trainable_variables)
+        with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
+            model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
+    except (OSError, ValueError, KeyError) as error:  # missing, truncated, pickled or from another architecture
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise StoreError(f"{run_dir}: the checkpoint of epoch {state.epoch} is missing or damaged ({reason}); "
+                         f"this run cannot be resumed, start a new one") from None
 
 
 def remove_temporaries(run_dir: Path) -> None:
