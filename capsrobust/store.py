@@ -59,6 +59,13 @@ def library_versions() -> dict:
     return versions
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def _new_id(model: str, dataset: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{model}-{dataset}-{stamp}-{secrets.token_hex(3)}"
@@ -161,16 +168,26 @@ class ModelStore:
     def unfinished_runs(self, model: str | None = None, dataset: str | None = None) -> list[tuple[Path, dict]]:
         """Runs without a published model, newest first, optionally filtered by model and data set name."""
         found = []
-        for run_dir in sorted(self.runs_dir.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                spec = read_json(run_dir / RUN_FILE)
-            except (OSError, ValueError):
-                continue
-            if spec.get("published") or (model and spec["model"] != model) or \
+        for run_dir in sorted(self.runs_dir.glob("*/"), key=_mtime, reverse=True):
+            spec = self.read_run(run_dir)
+            if spec is None or spec.get("published") or (model and spec["model"] != model) or \
                     (dataset and spec["dataset"]["name"] != dataset):
                 continue
             found.append((run_dir, spec))
         return found
+
+    @staticmethod
+    def read_run(run_dir: Path) -> dict | None:
+        """A run's `run.json`, or None if it is unreadable or lacks what a resume needs."""
+        try:
+            spec = read_json(Path(run_dir) / RUN_FILE)
+        except (OSError, ValueError):
+            return None
+        needs = {"model": str, "config": dict, "settings": dict, "data": dict, "dataset": dict}
+        if not isinstance(spec, dict) or any(not isinstance(spec.get(k), t) for k, t in needs.items()) or \
+                not isinstance(spec["dataset"].get("name"), str):
+            return None
+        return spec
 
     # Models --------------------------------------------------------------------------------------------------------
 

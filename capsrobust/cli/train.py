@@ -63,6 +63,7 @@ def train_model(args):
     """Trains (or resumes) as `args` say and publishes the result; returns the new store `Entry`."""
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
+    from capsrobust.errors import StoreError
     from capsrobust.models import model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
@@ -70,7 +71,11 @@ def train_model(args):
     store = ModelStore(args.store)
     if args.resume:
         run_dir, spec = _find_run(store, args)
-        settings = TrainSettings(**{**spec["settings"], **({"epochs": args.epochs} if args.epochs else {})})
+        try:
+            settings = TrainSettings(**{**spec["settings"], **({"epochs": args.epochs} if args.epochs else {})})
+        except TypeError as error:
+            raise StoreError(f"{run_dir / 'run.json'}: settings this version does not know ({error}); "
+                             f"this run cannot be resumed") from None
         err_console.print(f"resuming run {run_dir.name}")
     else:
         model_name = args.model or "capsnet"
@@ -132,6 +137,9 @@ def _find_run(store, args):
         runs = [(d, s) for d, s in store.unfinished_runs() if d.name == args.resume]
         what = f"unfinished run {args.resume!r}"
     if not runs:
+        named = store.runs_dir / args.resume
+        if args.resume != "latest" and named.is_dir() and store.read_run(named) is None:
+            raise ConfigError(f"{named / 'run.json'} is missing, unreadable or incomplete; this run cannot be resumed")
         raise ConfigError(f"no {what} to resume in {store.runs_dir}")
     return runs[0]
 
