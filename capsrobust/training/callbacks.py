@@ -57,13 +57,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state.seconds += time.perf_counter() - self._started
         state.history.append({"epoch": epoch + 1, **logs})
         val_accuracy = logs.get("val_accuracy", logs.get("accuracy", 0.0))
-        improved = val_accuracy > state.best_val_accuracy
-        if improved:
+        if val_accuracy > state.best_val_accuracy:
             state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
         if self.patience is not None and state.epochs_since_best >= self.patience:
             state.stop_reason = f"early stopping: no validation improvement for {self.patience} epochs"
             self.model.stop_training = True
-        save_checkpoint(self.run_dir, self.model, state, improved)
+        save_checkpoint(self.run_dir, self.model, state)
 
 
 class MarginSchedule(keras.callbacks.Callback):

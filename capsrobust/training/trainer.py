@@ -13,7 +13,7 @@ from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.augment import ShiftedBatches
 from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
-from capsrobust.training.checkpoint import (BEST_WEIGHTS, RunState, load_state, remove_temporaries, restore_checkpoint,
+from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
 
 
@@ -117,7 +117,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     state.finished = True
     state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
     save_state(run_dir, state)
-    model.load_weights(run_dir / BEST_WEIGHTS)  # the optimizer too: harmless, the run is over
+    model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
     return TrainResult(model, state, run_dir, images_per_second)
 

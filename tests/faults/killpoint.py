@@ -52,8 +52,8 @@ def install(point: str, ready_file: str) -> None:
 
         save = callbacks.save_checkpoint
 
-        def save_then_freeze(run_dir, model, state, improved):
-            save(run_dir, model, state, improved)
+        def save_then_freeze(run_dir, model, state):
+            save(run_dir, model, state)
             if state.epoch == int(where):
                 freeze(ready_file)
 

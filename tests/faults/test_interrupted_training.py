@@ -71,7 +71,7 @@ def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     (run_dir,) = store.runs_dir.iterdir()
     after_kill = _state(run_dir)
     assert after_kill["epoch"] == 1 and not after_kill["finished"]
-    assert {"epoch-0001.weights.h5", "epoch-0001.optimizer.npz", "best.weights.h5"} <= _visible_files(run_dir)
+    assert {"epoch-0001.weights.h5", "epoch-0001.optimizer.npz", "state.json"} <= _visible_files(run_dir)
     assert _optimizer_step(run_dir, 1) == STEPS
     epoch_1 = after_kill["history"][0]
     weights_1 = (run_dir / "epoch-0001.weights.h5").read_bytes()
@@ -88,7 +88,9 @@ def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
     assert state["history"][0] == epoch_1, "epoch 1 was trained again instead of resumed"
     assert _optimizer_step(run_dir, 2) == 2 * STEPS, "the optimizer restarted instead of resuming"
-    assert not list(run_dir.glob("epoch-0001*")) and not list(run_dir.glob(".*")), "stale or temporary files left"
+    best = f"epoch-{state['best_epoch']:04d}.weights.h5"
+    assert {p.name for p in run_dir.glob("epoch-*")} == {"epoch-0002.weights.h5", "epoch-0002.optimizer.npz", best}
+    assert not list(run_dir.glob(".*")), "temporary files of the killed checkpoint write were left"
     epoch_2 = state["history"][1]
 
     # 4. Resumed to the end: trains epoch 3 and publishes one complete entry.
