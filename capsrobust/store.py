@@ -200,6 +200,8 @@ class ModelStore:
             card: everything the card records besides format, id and weights.
         """
         entry_id = Path(run_dir).name
+        for stale in self.models_dir.glob(f".staging-{entry_id}-*"):  # a publish of this run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         staging = self.models_dir / f".staging-{entry_id}-{secrets.token_hex(3)}"
         try:
             staging.mkdir(parents=True)
