@@ -130,7 +130,7 @@ def _tensorboard_available() -> bool:
 
 
 def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
-    guard = NanGuard()
+    guard = NanGuard(batches)
     callbacks = [guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if hasattr(model, "spread_margin"):
@@ -159,6 +159,9 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
     if guard.tripped_at is not None:
         epoch, batch = guard.tripped_at
         kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
+        if guard.cause == "inputs":
+            raise TrainingDiverged(f"NaN/Inf values in the training inputs at epoch {epoch}, batch {batch}; training "
+                                   f"stopped and {kept} (the data or augmentation produced them)")
         raise TrainingDiverged(f"loss became NaN/Inf at epoch {epoch}, batch {batch}; training stopped and {kept} "
                                f"(try a lower --lr)")
 
