@@ -48,7 +48,11 @@ def sweep_config(args, methods: tuple[str, ...]):
 def check_methods(text: str) -> tuple[str, ...]:
     from attacks import get_attack_spec
 
+    from capsrobust.errors import ConfigError
+
     methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if not methods:
+        raise ConfigError(f"--method needs at least one attack (fgsm, bim, pgd). Received: --method {text!r}")
     for method in methods:
         get_attack_spec(method)  # one-line ConfigError for an unknown name
     return methods
