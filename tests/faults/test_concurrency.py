@@ -1,0 +1,60 @@
+"""Two trainings and an attack sweep on one store at the same time: no entry corrupts another.
+
+The processes start together and overlap for most of their run (each spends its first seconds importing TensorFlow,
+so they reach the store at about the same time); the test then checks that every entry verifies and loads, that
+each run is published once, and that `capsrobust models` lists all of them as healthy.
+"""
+
+import json
+
+import pytest
+
+from capsrobust.models import create_model, model_config
+from capsrobust.store import ModelStore
+
+from conftest import start_capsrobust
+
+TINY = ["--subset", "--model", "cnn-small", "--epochs", "2", "--limit", "64", "--val-size", "32", "--batch-size", "16",
+        "--quiet"]
+
+
+def test_two_trainings_and_an_attack_at_once_leave_every_entry_whole(tmp_path, cli, monkeypatch):
+    home = tmp_path / "home"
+    store = ModelStore(home)
+    spec = {"model": "cnn-recon", "config": model_config("cnn-recon"),
+            "dataset": {"name": "mnist", "source": "subset"}}
+    target = store.publish(store.new_run(spec), create_model("cnn-recon"),
+                           {"model": "cnn-recon", "family": "cnn", "config": spec["config"], "dataset": spec["dataset"],
+                            "metrics": {"val_accuracy": 0.1}})
+
+    processes = [
+        start_capsrobust("train", "mnist", *TINY, "--seed", "1", home=home),
+        start_capsrobust("train", "mnist", *TINY, "--seed", "2", home=home),
+        start_capsrobust("attack", "--model", target.id, "--method", "fgsm,bim", "--eps", "0.1", "--steps", "2",
+                         "--limit", "20", "--no-checks", "--output", home / "reports", home=home),
+    ]
+    results = [(p.args[3], *p.communicate(timeout=600), p.returncode) for p in processes]
+    for command, out, err, status in results:
+        assert status == 0, f"{command} failed:\n{err[-3000:]}"
+
+    entries = store.entries(verify=True)
+    assert len(entries) == 3 and not [e.problem for e in entries if e.problem]
+    trained = [e for e in entries if e.id != target.id]
+    assert {e.card["training"]["seed"] for e in trained} == {1, 2}
+    for entry in entries:
+        store.load(entry)
+    assert sorted(p.name for p in store.models_dir.iterdir()) == sorted(e.id for e in entries)  # no staging left
+    assert store.unfinished_runs() == []
+    for run_dir in store.runs_dir.iterdir():
+        assert json.loads((run_dir / "run.json").read_text())["published"] == run_dir.name
+    (report,) = (home / "reports").iterdir()
+    cells = json.loads((report / "sweep.json").read_text())["cells"]
+    assert [(c["model_id"], c["attack"]) for c in cells] == [(target.id, "fgsm"), (target.id, "bim")]
+
+    # The registry table of `models` builds every model (seconds); the store listing is what is under test here.
+    monkeypatch.setattr("capsrobust.models.list_models", lambda: [])
+    status, out, _ = cli("models", "--store", home)
+    assert status == 0
+    for entry in entries:
+        (row,) = [line for line in out.splitlines() if entry.id in line]
+        assert row.rstrip(" │").endswith("ok"), row
