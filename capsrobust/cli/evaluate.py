@@ -1,10 +1,11 @@
 """Shared machinery of `attack`, `detect`, `compare` and `demo`: load models, run the sweep, print and save."""
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, entry_dataset, eps_list, non_negative_int,
-                                 positive_float, positive_int)
+from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list,
+                                 non_negative_int, positive_float, positive_int, writable_directory)
 
 DEFAULT_LIMIT = 1000
 
@@ -30,7 +31,8 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
     group.add_argument("--no-checks", dest="trust_checks", action="store_false",
                        help="skip the trust checks (eps=1 attack, random-noise baseline)")
-    group.add_argument("--output", metavar="DIR", help="where result directories go (default ./capsrobust-output)")
+    group.add_argument("--output", type=directory, metavar="DIR",
+                       help="where result directories go (default ./capsrobust-output)")
     add_data_args(parser)
     parser.set_defaults(limit=limit_default)
     add_store_arg(parser)
@@ -91,11 +93,16 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     from capsrobust.sweep import run_sweep
 
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
-    with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        result = run_sweep(under_test, config, images, labels, progress=progress)
-    out_dir = Path(args.output or "capsrobust-output") / report.output_dir_name(
-        command, [m.id for m in under_test], dataset.name, config)
+    out_dir = writable_directory(Path(args.output or "capsrobust-output") / report.output_dir_name(
+        command, [m.id for m in under_test], dataset.name, config))  # before the sweep, not after
+    try:
+        with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            result = run_sweep(under_test, config, images, labels, progress=progress)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only if still empty
+        raise
     metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
                            for m in under_test}}
