@@ -64,7 +64,7 @@ def train_model(args):
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
     from capsrobust.errors import StoreError
-    from capsrobust.models import model_config
+    from capsrobust.models import create_model, model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
 
@@ -96,6 +96,7 @@ def train_model(args):
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     if run_dir is None:
         spec["config"] = _fit_config(spec["model"], overrides, dataset)
+        create_model(spec["model"], **spec["config"])  # a value the model rejects fails here, not in a new run
         spec["dataset"] = dataset.describe()
         run_dir = store.new_run(spec)
     err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
