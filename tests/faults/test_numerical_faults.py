@@ -44,10 +44,9 @@ def _poison(where: str, value: float):
 
 @pytest.mark.parametrize("where, value, message", [
     ("pixel", np.nan, "NaN/Inf values in the training inputs at epoch 2, batch 1"),
-    ("pixel", np.inf, "NaN/Inf values in the training inputs at epoch 2, batch 1"),
     ("label", np.inf, "NaN/Inf values in the training inputs at epoch 2, batch 1"),
     ("loss", np.nan, "loss became NaN/Inf at epoch 2, batch 1"),
-], ids=["nan-pixel", "inf-pixel", "inf-label", "nan-loss"])
+], ids=["nan-pixel", "inf-label", "nan-loss"])  # an Inf pixel takes the nan-pixel path (np.isfinite), 2 s saved
 def test_non_finite_batch_stops_training_and_keeps_the_last_good_checkpoint(where, value, message, mnist_subset,
                                                                             tmp_path, monkeypatch):
     data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:64], y_train=mnist_subset.y_train[:64],
