@@ -40,10 +40,9 @@ def default_models(store, dataset: str) -> list:
 
 
 def run(args) -> int:
-    from capsrobust.store import ModelStore
-
     from capsrobust.data import list_datasets
     from capsrobust.errors import ConfigError
+    from capsrobust.store import ModelStore
 
     if args.dataset not in list_datasets():
         raise ConfigError(f"unknown data set (known: {', '.join(list_datasets())}). Received: {args.dataset!r}")

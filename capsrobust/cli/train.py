@@ -74,7 +74,7 @@ def train_model(args):
         try:
             settings = TrainSettings(**{**spec["settings"], **({"epochs": args.epochs} if args.epochs else {})})
         except TypeError as error:
-            raise StoreError(f"{run_dir / 'run.json'}: settings this version does not know ({error}); "
+            raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
                              f"this run cannot be resumed") from None
         err_console.print(f"resuming run {run_dir.name}")
     else:

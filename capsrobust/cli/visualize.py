@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
     add_entry_args(parser)
     parser.add_argument("--images", type=positive_int, default=4, help="how many test images (4)")
     parser.add_argument("--first", type=non_negative_int, default=0, help="index of the first test image (0)")
-    parser.add_argument("--output", type=directory, metavar="DIR", help="where the grids go (default ./capsrobust-output)")
+    parser.add_argument("--output", type=directory, metavar="DIR",
+                        help="where the grids go (default ./capsrobust-output)")
     add_data_args(parser)
     add_store_arg(parser)
     parser.set_defaults(run=run)

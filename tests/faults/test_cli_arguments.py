@@ -65,8 +65,8 @@ def store(tmp_path_factory):
     store = ModelStore(tmp_path_factory.mktemp("store"))
     for name in ("cnn-small", "cnn-recon"):
         spec = {"model": name, "config": model_config(name), "dataset": {"name": "mnist", "source": "subset"}}
-        store.publish(store.new_run(spec), create_model(name), {"model": name, "family": "cnn", "config": spec["config"],
-                                                                "dataset": spec["dataset"]})
+        card = {"model": name, "family": "cnn", "config": spec["config"], "dataset": spec["dataset"]}
+        store.publish(store.new_run(spec), create_model(name), card)
     return store
 
 
