@@ -7,7 +7,6 @@ each run is published once, and that `capsrobust models` lists all of them as he
 
 import json
 
-
 from capsrobust.models import create_model, model_config
 from capsrobust.store import ModelStore
 
