@@ -6,6 +6,7 @@ import time
 import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from capsrobust.errors import StoreError
 from capsrobust.training.checkpoint import RunState, save_checkpoint
 
 
@@ -79,7 +80,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if self.patience is not None and state.epochs_since_best >= self.patience:
             state.stop_reason = f"early stopping: no validation improvement for {self.patience} epochs"
             self.model.stop_training = True
-        save_checkpoint(self.run_dir, self.model, state)
+        try:
+            save_checkpoint(self.run_dir, self.model, state)
+        except OSError as error:  # disk full, run directory gone or read-only: the previous checkpoint is intact
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was kept"
+            raise StoreError(f"cannot write the checkpoint of epoch {epoch + 1} in {self.run_dir}: "
+                             f"{error.strerror or error}; {kept}") from None
 
 
 class MarginSchedule(keras.callbacks.Callback):
