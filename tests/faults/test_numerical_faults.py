@@ -109,3 +109,29 @@ def test_attack_on_a_model_that_gets_every_image_wrong_reports_instead_of_crashi
                                                 trust_checks=False), images, wrong)
     rows = [(c["attacked"], c["clean_accuracy"], c["adversarial_accuracy"]) for c in result.cells]
     assert rows == [(0, 0.0, 0.0)] * 2
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(mnist_subset, tmp_path, monkeypatch):
+    """Not numerical, but the same trainer path: a checkpoint write that fails (ENOSPC) mid-run."""
+    import errno
+
+    import keras
+
+    from capsrobust.errors import StoreError
+
+    data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:32], y_train=mnist_subset.y_train[:32],
+                               x_val=mnist_subset.x_val[:16], y_val=mnist_subset.y_val[:16])
+    real = keras.Model.save_weights
+
+    def save_weights(self, path, *args, **kwargs):
+        if "epoch-0002" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    with pytest.raises(StoreError) as excinfo:
+        fit("cnn-small", model_config("cnn-small"), data, TrainSettings(epochs=3, batch_size=16), tmp_path)
+    assert_one_line_error(str(excinfo.value), "cannot write the checkpoint of epoch 2", "No space left on device",
+                          "the checkpoint of epoch 1 is kept")
+    assert load_state(tmp_path).epoch == 1 and (tmp_path / "epoch-0001.weights.h5").is_file()
+    assert not list(tmp_path.glob(".*")), "temporary files left"
