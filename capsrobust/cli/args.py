@@ -64,6 +64,27 @@ def writable_directory(path: str | Path) -> Path:
     return path
 
 
+def new_directory(parent: str | Path, name: str) -> Path:
+    """Creates `parent/name`, or `name-2`, `name-3`, ... if it exists, so two runs never write into one directory.
+
+    Raises:
+        CapsrobustError: `parent` cannot be created or written.
+    """
+    from capsrobust.errors import CapsrobustError
+
+    parent = writable_directory(parent)
+    for attempt in range(1, 1000):
+        path = parent / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise CapsrobustError(f"cannot write to {path}: {error.strerror or error}") from None
+    raise CapsrobustError(f"cannot create a new directory {name} in {parent}: 999 exist already")
+
+
 def config_item(text: str) -> tuple[str, object]:
     """`KEY=VALUE` with VALUE parsed as JSON when it is JSON (`routings=2`, `decoder_units=[256,512]`)."""
     key, sep, raw = text.partition("=")

@@ -4,8 +4,8 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list,
-                                 non_negative_int, positive_float, positive_int, writable_directory)
+from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, new_directory,
+                                 non_negative_int, positive_float, positive_int)
 
 DEFAULT_LIMIT = 1000
 
@@ -93,8 +93,9 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     from capsrobust.sweep import run_sweep
 
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
-    out_dir = writable_directory(Path(args.output or "capsrobust-output") / report.output_dir_name(
-        command, [m.id for m in under_test], dataset.name, config))  # before the sweep, not after
+    # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same second.
+    out_dir = new_directory(args.output or "capsrobust-output",
+                            report.output_dir_name(command, [m.id for m in under_test], dataset.name, config))
     try:
         with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as progress:
