@@ -56,3 +56,19 @@ def test_two_trainings_and_an_attack_at_once_leave_every_entry_whole(tmp_path, c
     for entry in entries:
         (row,) = [line for line in out.splitlines() if entry.id in line]
         assert row.rstrip(" │").endswith("ok"), row
+
+
+def test_two_identical_sweeps_in_the_same_second_write_separate_reports(tmp_path, cli, monkeypatch):
+    """Report directories are named to the second; two identical attacks then must not share (and overwrite) one."""
+    store = ModelStore(tmp_path / "home")
+    spec = {"model": "cnn-small", "config": model_config("cnn-small"), "dataset": {"name": "mnist", "source": "subset"}}
+    entry = store.publish(store.new_run(spec), create_model("cnn-small"),
+                          {"model": "cnn-small", "family": "cnn", "config": spec["config"], "dataset": spec["dataset"]})
+    monkeypatch.setattr("capsrobust.report.output_dir_name", lambda *args: "attack-same-second")
+    for seed in ("1", "2"):
+        status, _, err = cli("attack", "--model", entry.id, "--method", "fgsm", "--limit", "8", "--no-checks",
+                             "--seed", seed, "--output", tmp_path / "reports", "--store", store.root)
+        assert status == 0, err
+    reports = sorted((tmp_path / "reports").iterdir())
+    assert [p.name for p in reports] == ["attack-same-second", "attack-same-second-2"]
+    assert [json.loads((p / "sweep.json").read_text())["config"]["seed"] for p in reports] == [1, 2]
