@@ -134,3 +134,14 @@ def test_checkpoint_killed_half_way_keeps_the_previous_epoch(dies_in, tmp_path, 
     restore_checkpoint(tmp_path, fresh, load_state(tmp_path))
     for a, b in zip(fresh.get_weights(), [w - 1 for w in model.get_weights()]):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_store_files_get_the_users_umask_not_0600(tmp_path):
+    """Atomic writes once made every card, weights file and checkpoint 0600: unreadable in a shared store."""
+    old = os.umask(0o022)
+    try:
+        entry = _publish(ModelStore(tmp_path))
+    finally:
+        os.umask(old)
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        assert (entry.path / name).stat().st_mode & 0o777 == 0o644, name
