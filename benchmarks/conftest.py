@@ -2,6 +2,21 @@ import os
 
 import pytest
 
+from benchmarks.results import Result, save
+
+_RESULTS: list[Result] = []
+
+
+def pytest_addoption(parser):
+    parser.addoption("--jit", action="store_true",
+                     help="compile the routing kernels with XLA (as the trainer's jit_compile='auto' does on a CPU) "
+                          "instead of as plain tf.function graphs (as the ART bridge runs them)")
+
+
+@pytest.fixture(scope="session")
+def jit(request) -> bool:
+    return bool(request.config.getoption("--jit"))
+
 
 @pytest.fixture(scope="session")
 def benchmark_dataset():
@@ -11,3 +26,26 @@ def benchmark_dataset():
     if os.environ.get("CAPSROBUST_DATA"):
         return load_dataset("mnist")
     return load_dataset("mnist", subset=True)
+
+
+@pytest.fixture
+def record(request, benchmark):
+    """`record(suite, case, variant, peak_bytes=None, images=None, **extra)` after the benchmark ran: keeps its median
+    (and images/s when `images` per round is given) for the results file that `benchmarks.report` reads."""
+    def keep(suite: str, case: str, variant: str, peak_bytes: int | None = None, images: int | None = None,
+             **extra) -> None:
+        if benchmark.stats is None:  # --benchmark-disable: nothing was timed
+            return
+        median = benchmark.stats.stats.median
+        per_second = round(images / median, 1) if images else None
+        benchmark.extra_info.update(case=case, variant=variant, peak_bytes=peak_bytes, images_per_second=per_second,
+                                    **extra)
+        _RESULTS.append(Result(request.node.nodeid, suite, case, variant, median, peak_bytes, per_second, extra))
+
+    return keep
+
+
+def pytest_sessionfinish(session):
+    if _RESULTS:
+        path = save(_RESULTS)
+        print(f"\nbenchmark results: {path} (python -m benchmarks.report)")

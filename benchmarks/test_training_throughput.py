@@ -2,8 +2,8 @@
 
     CAPSROBUST_DATA=/path/to/data pytest benchmarks/test_training_throughput.py --benchmark-only
 
-Each round runs `STEPS` training steps (batch 128, less where memory forbids) on shift-augmented batches, exactly as the trainer feeds them; the first
-(compiling) step runs before timing.
+Each round runs `STEPS` training steps (batch 128, less where memory forbids) on shift-augmented batches, exactly as the
+trainer feeds them, compiled as the trainer compiles them; the first (compiling) step runs before timing.
 """
 
 import keras
@@ -23,7 +23,7 @@ MODELS = ["capsnet", "capsnet-small", "em-capsnet", "em-capsnet-small", "cnn-bas
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_train_step_throughput(benchmark, benchmark_dataset, name):
+def test_train_step_throughput(benchmark, record, benchmark_dataset, name):
     batch = SMALLER_BATCH.get(name, BATCH)
     seed_everything(0)
     model = create_model(name)
@@ -38,7 +38,5 @@ def test_train_step_throughput(benchmark, benchmark_dataset, name):
             model.train_on_batch(inputs, labels)
 
     benchmark.pedantic(run, rounds=3, iterations=1)
-    images_per_second = STEPS * batch / benchmark.stats.stats.median
-    benchmark.extra_info.update(images_per_second=round(images_per_second, 1), dataset=data.describe()["source"],
-                                backend=keras.backend.backend(), batch=batch)
-    assert np.isfinite(images_per_second)
+    record("training", name, "fast", images=STEPS * batch, batch=batch, dataset=data.describe()["source"])
+    assert np.isfinite(benchmark.stats.stats.median)

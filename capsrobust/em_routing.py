@@ -33,29 +33,31 @@ def inverse_temperatures(iterations: int, first: float, last: float) -> list[flo
     return [float(first + (last - first) * t / (iterations - 1)) for t in range(iterations)]
 
 
-def _assignment_normaliser(log_weights, child_ids: np.ndarray | None, num_children: int | None):
-    """log sum over all parents of each child of `exp(log_weights)`, broadcast back to the votes.
+def normalise_over_parents(log_weights, parent_axis: int, child_ids: np.ndarray | None,
+                           num_children: int | None):
+    """`exp(log_weights)` normalised to sum to 1 over all the parents of each child: the E-step's `R`.
 
     Args:
-        log_weights: `(batch, positions, children, parents)`, `log(a_j p_j)` of each vote.
+        log_weights: `(batch, positions, children, parents)` or, with `parent_axis=2`,
+            `(batch, positions, parents, children)`: `log(a_j p_j)` of each vote.
+        parent_axis: the axis of `log_weights` that holds the parents (2 or 3).
         child_ids: `(positions * children,)` ints, the child each vote slot comes from (None: slots are distinct).
         num_children: the number of distinct children (`max(child_ids) + 1`).
 
     Returns:
-        `(batch, positions, children, 1)`.
+        The assignments, `log_weights`' shape.
     """
-    per_slot = ops.logsumexp(log_weights, axis=-1)  # (b, P, I)
-    if child_ids is None:
-        return ops.expand_dims(per_slot, -1)
-    batch, positions, children = ops.shape(per_slot)
-    slots = ops.transpose(ops.reshape(per_slot, (batch, positions * children)))  # (P*I, b): segments on axis 0
-    # The max is only a numerical shift; log-sum-exp is exact for any shift, so no gradient needs to pass through it.
-    shift = ops.stop_gradient(ops.segment_max(slots, child_ids, num_segments=num_children, sorted=False))
-    summed = ops.segment_sum(ops.exp(slots - ops.take(shift, child_ids, axis=0)), child_ids,
-                             num_segments=num_children, sorted=False)
-    per_child = ops.log(summed) + shift  # (num_children, b); summed >= 1 since the max slot contributes exp(0)
-    per_vote = ops.take(per_child, child_ids, axis=0)  # (P*I, b)
-    return ops.expand_dims(ops.reshape(ops.transpose(per_vote), (batch, positions, children)), -1)
+    per_slot = ops.logsumexp(log_weights, axis=parent_axis)  # (b, P, I)
+    if child_ids is not None:
+        batch, positions, children = ops.shape(per_slot)
+        slots = ops.transpose(ops.reshape(per_slot, (batch, positions * children)))  # (P*I, b): segments on axis 0
+        # The max is only a numerical shift; log-sum-exp is exact for any shift, so no gradient needs to pass it.
+        shift = ops.stop_gradient(ops.segment_max(slots, child_ids, num_segments=num_children, sorted=False))
+        summed = ops.segment_sum(ops.exp(slots - ops.take(shift, child_ids, axis=0)), child_ids,
+                                 num_segments=num_children, sorted=False)
+        per_child = ops.log(summed) + shift  # (num_children, b); summed >= 1 since the max slot contributes exp(0)
+        per_slot = ops.reshape(ops.transpose(ops.take(per_child, child_ids, axis=0)), (batch, positions, children))
+    return ops.exp(log_weights - ops.expand_dims(per_slot, parent_axis))
 
 
 def initial_assignments(num_parents: int, child_ids: np.ndarray | None, num_children: int | None,
@@ -96,18 +98,28 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
         `(batch, positions, children, parents)` (the initial uniform ones when `iterations == 1`).
     """
     lambdas = inverse_temperatures(iterations, *temperatures)
-    positions, children = votes.shape[1], votes.shape[2]
-    uniform = initial_assignments(votes.shape[3], child_ids, num_children, positions, children)
-    assignments = ops.broadcast_to(ops.convert_to_tensor(uniform, dtype=votes.dtype), ops.shape(votes)[:-1])
-    child_activations = ops.expand_dims(activations, -1)  # (b, P, I, 1)
+    positions, children, parents, pose_size = votes.shape[1:]
+    uniform = initial_assignments(parents, child_ids, num_children, positions, children)  # (P, I, 1)
+    # Parents before children from here on, so that both products below are plain batched matmuls.
+    assignments = ops.broadcast_to(ops.convert_to_tensor(np.swapaxes(uniform, 1, 2), dtype=votes.dtype),
+                                   (ops.shape(votes)[0], positions, parents, children))  # (b, P, J, I)
+    # Each parent's first and second moments are products of the weights with V and V^2, and each vote's squared
+    # Mahalanobis distance is V^2 . 1/(2 var) - V . mu/var + const: batched matrix-vector products over the votes, so
+    # nothing of the votes' size is formed per iteration. The plain formulation (`routing_reference`) forms several such
+    # tensors per iteration and keeps them all for the backward pass.
+    by_parent = ops.transpose(votes, (0, 1, 3, 2, 4))  # (b, P, J, I, H)
+    squares = ops.square(by_parent)
+    child_activations = ops.expand_dims(activations, 2)  # (b, P, 1, I)
     for iteration, inverse_temperature in enumerate(lambdas):
         # M-step: fit each parent's Gaussian to the votes, weighted by assignment times child activation.
-        weights = assignments * child_activations  # (b, P, I, J)
-        mass = ops.sum(weights, axis=2) + 1e-9  # (b, P, J); sum_i R_ij, kept off zero for 0/0-free means
-        weights_ = ops.expand_dims(weights, -1)
-        means = ops.sum(weights_ * votes, axis=2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
-        deviations = votes - ops.expand_dims(means, 2)
-        variances = ops.sum(weights_ * ops.square(deviations), axis=2) / ops.expand_dims(mass, -1) + VARIANCE_FLOOR
+        weights = assignments * child_activations  # (b, P, J, I)
+        mass = ops.sum(weights, axis=-1) + 1e-9  # (b, P, J); sum_i R_ij, kept off zero for 0/0-free means
+        row = ops.expand_dims(weights, -2)  # (b, P, J, 1, I)
+        means = ops.squeeze(ops.matmul(row, by_parent), -2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
+        second_moments = ops.squeeze(ops.matmul(row, squares), -2) / ops.expand_dims(mass, -1)
+        # E[V^2] - mu^2 loses digits when the spread is small next to the mean; the floor is far above that loss
+        # (float32 rounding of ~1e-7 * mu^2) for votes of size below ~10.
+        variances = ops.relu(second_moments - ops.square(means)) + VARIANCE_FLOOR
         log_sigmas = 0.5 * ops.log(variances)
         cost = ops.sum(ops.expand_dims(beta_u, -1) + log_sigmas, axis=-1) * mass  # sum_h cost_h, (b, P, J)
         if normalize_cost:
@@ -118,10 +130,12 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
         if iteration == len(lambdas) - 1:
             break  # the last E-step would only update assignments that nothing reads
         # E-step: R_ij = a_j p_j(V_ij) / sum over i's parents k of a_k p_k(V_ik), all in log space.
-        log_densities = -ops.sum(ops.square(deviations) / (2.0 * ops.expand_dims(variances, 2))
-                                 + ops.expand_dims(log_sigmas, 2) + 0.5 * _LOG_2PI, axis=-1)  # (b, P, I, J)
-        log_weights = ops.expand_dims(ops.log_sigmoid(logits), 2) + log_densities
-        assignments = ops.exp(log_weights - _assignment_normaliser(log_weights, child_ids, num_children))
+        precisions = 1.0 / variances
+        quadratic = ops.squeeze(ops.matmul(squares, ops.expand_dims(0.5 * precisions, -1))
+                                - ops.matmul(by_parent, ops.expand_dims(means * precisions, -1)), -1)  # (b, P, J, I)
+        constant = ops.sum(0.5 * ops.square(means) * precisions + log_sigmas, axis=-1) + 0.5 * pose_size * _LOG_2PI
+        log_weights = ops.expand_dims(ops.log_sigmoid(logits) - constant, -1) - quadratic  # log a_j p_j(V_ij)
+        assignments = normalise_over_parents(log_weights, 2, child_ids, num_children)
         if stop_gradient:
             assignments = ops.stop_gradient(assignments)
-    return means, parent_activations, assignments
+    return means, parent_activations, ops.swapaxes(assignments, 2, 3)

@@ -1,5 +1,7 @@
-"""Training losses. Each returns one value per example, shape `(batch_size,)`; callers take the mean."""
+"""Training losses. Each returns one value per example, shape `(batch_size,)`; callers take the mean
+(`scale_for_replicas` then divides it among data-parallel replicas)."""
 
+import keras
 from keras import ops
 
 
@@ -65,3 +67,18 @@ def spread_loss(labels, activations, margin):
     labels = ops.cast(labels, activations.dtype)
     target = ops.sum(labels * activations, axis=-1, keepdims=True)
     return ops.sum((1.0 - labels) * ops.square(ops.relu(margin - (target - activations))), axis=-1)
+
+
+def scale_for_replicas(loss):
+    """`loss` divided by the number of replicas in sync under `tf.distribute` (else unchanged).
+
+    Keras sums the replicas' gradients; a per-replica mean loss must be divided by their number for the sum to be
+    the gradient of the global batch's mean, as Keras's own `Loss` objects do.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            return loss / replicas
+    return loss

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     from capsrobust.backend import start_backend_quietly
     from capsrobust.errors import CapsrobustError
 
-    start_backend_quietly()
+    before_devices = getattr(args, "before_devices", None)  # (args) -> None, for commands that set devices up
+    start_backend_quietly(None if before_devices is None else lambda: before_devices(args))
 
     try:
         return args.run(args)

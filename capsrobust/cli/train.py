@@ -4,7 +4,8 @@ import argparse
 import dataclasses
 import datetime
 
-from capsrobust.cli.args import add_data_args, add_store_arg, config_item, non_negative_int, positive_float, positive_int
+from capsrobust.cli.args import (add_data_args, add_store_arg, config_item, non_negative_int, positive_float,
+                                 positive_int)
 
 HELP = "train a model from the registry and save it in the trained-model store"
 EXAMPLES = """examples:
@@ -14,6 +15,7 @@ EXAMPLES = """examples:
   capsrobust train mnist --routings 1 --no-reconstruction --epochs 2 --limit 5000
   capsrobust train mnist --model em-capsnet --em-iterations 2   matrix capsules with EM routing
   capsrobust train mnist --resume                           continue the newest interrupted mnist run
+  capsrobust train mnist --devices 2                        data parallel over two GPUs (or a CPU split in two)
   capsrobust train smallnorb --data-dir ~/data --model cnn-small --epochs 5
 """
 
@@ -41,6 +43,12 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--shift", type=non_negative_int, default=2,
                        help="random shift augmentation in pixels (2); smallnorb uses random 32x32 crops instead")
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    optim.add_argument("--strategy", default="auto",
+                       help="data parallelism, auto|none|mirrored|multi-worker: mirrored uses the local GPUs, or the "
+                            "CPU split into --devices logical devices; multi-worker reads TF_CONFIG (or "
+                            "jax.distributed's environment); auto is mirrored when --devices > 1 (tf.distribute under "
+                            "TensorFlow, keras.distribution under JAX)")
+    optim.add_argument("--devices", type=positive_int, help="devices for --strategy mirrored (default: all local)")
     optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation accuracy")
     optim.add_argument("--val-size", type=non_negative_int, help="validation images held out from train "
@@ -51,7 +59,18 @@ def add_parser(subparsers) -> None:
     add_data_args(parser)
     add_store_arg(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress display")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, before_devices=_prepare_devices)
+
+
+def _prepare_devices(args) -> None:
+    from capsrobust.errors import ConfigError
+    from capsrobust.training.distribute import prepare_devices, resolve_strategy
+
+    try:
+        strategy = resolve_strategy(args.strategy, args.devices)
+    except ConfigError:
+        return  # reported, in one line, when the training settings are checked
+    prepare_devices(strategy, args.devices)
 
 
 def run(args) -> int:
@@ -71,8 +90,10 @@ def train_model(args):
     store = ModelStore(args.store)
     if args.resume:
         run_dir, spec = _find_run(store, args)
+        given = {"epochs": args.epochs, "devices": args.devices,
+                 "strategy": None if args.strategy == "auto" else args.strategy}
         try:
-            settings = TrainSettings(**{**spec["settings"], **({"epochs": args.epochs} if args.epochs else {})})
+            settings = TrainSettings(**{**spec["settings"], **{k: v for k, v in given.items() if v is not None}})
         except TypeError as error:
             raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
                              f"this run cannot be resumed") from None
@@ -86,7 +107,7 @@ def train_model(args):
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
-                                 early_stopping=args.early_stopping)
+                                 early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices)
         spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
                 "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size}}
         run_dir = None
@@ -171,7 +192,8 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         "model": spec["model"], "family": _family(spec["model"]),
         "score_kind": result.model.score_kind, "config": spec["config"],
         "parameters": int(result.model.count_params()), "dataset": dataset.describe(),
-        "training": {**dataclasses.asdict(settings), "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
+        "training": {**dataclasses.asdict(settings), "replicas": result.replicas,
+                     "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
                      "stop_reason": state.stop_reason, "seconds": round(state.seconds, 1),
                      "images_per_second": round(result.images_per_second, 1), "history": state.history},
         "metrics": {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,

@@ -1,9 +1,8 @@
 """Fully connected capsule layer with routing-by-agreement (the paper's DigitCaps)."""
 
 import keras
-from keras import ops
 
-from capsrobust.routing import dynamic_routing
+from capsrobust.routing import capsule_votes, dynamic_routing
 
 DEFAULT_KERNEL_INITIALIZER = {"class_name": "RandomNormal", "config": {"mean": 0.0, "stddev": 0.05}}
 
@@ -55,10 +54,11 @@ class RoutingCapsules(keras.layers.Layer):
 
     def votes(self, inputs):
         """The children's votes `u_hat`, shape `(batch_size, num_children, num_capsules, capsule_dim)`."""
-        return ops.einsum("ijdk,bik->bijd", self.kernel, inputs)
+        return capsule_votes(inputs, self.kernel)
 
     def call(self, inputs):
-        poses, _ = dynamic_routing(self.votes(inputs), self.routings, self.stop_gradient)
+        votes = capsule_votes(inputs, self.kernel, by_parent=True)
+        poses, _ = dynamic_routing(votes, self.routings, self.stop_gradient, by_parent=True)
         return poses
 
     def compute_output_shape(self, input_shape):

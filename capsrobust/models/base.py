@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from capsrobust.layers import ReconstructionDecoder, mask_poses
-from capsrobust.losses import reconstruction_loss
+from capsrobust.losses import reconstruction_loss, scale_for_replicas
 
 SCORES, POSES, RECONSTRUCTION = "scores", "poses", "reconstruction"
 
@@ -84,7 +84,7 @@ class CapsrobustModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         images, _ = split_inputs(x)
-        return ops.mean(self.loss_per_example(images, y, y_pred))
+        return scale_for_replicas(ops.mean(self.loss_per_example(images, y, y_pred)))
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.accuracy_metric.update_state(y, y_pred[SCORES])

@@ -15,6 +15,7 @@ from capsrobust.training.augment import ShiftedBatches
 from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
 from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
+from capsrobust.training.distribute import resolve_strategy, scope
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class TrainSettings:
             whose training batches are random crops instead.
         seed: seeds weights, shuffling, augmentation and dropout.
         early_stopping: stop after this many epochs without a better validation accuracy (None: never).
+        strategy: data parallelism, one of `capsrobust.training.distribute.STRATEGIES`; `batch_size` is global.
+        devices: how many devices `mirrored` uses (None: all local ones).
     """
 
     epochs: int = 30
@@ -39,8 +42,11 @@ class TrainSettings:
     max_shift: int = 2
     seed: int = 0
     early_stopping: int | None = None
+    strategy: str = "auto"
+    devices: int | None = None
 
     def __post_init__(self):
+        resolve_strategy(self.strategy, self.devices)
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("learning_rate", 0 < self.learning_rate < 1), ("lr_decay", 0 < self.lr_decay <= 1),
                   ("max_shift", 0 <= self.max_shift <= 8), ("seed", self.seed >= 0),
@@ -59,6 +65,7 @@ class TrainResult:
     state: RunState
     run_dir: Path
     images_per_second: float
+    replicas: int = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -101,25 +108,26 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
-    model = create_model(model_name, **model_config)
-    batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
-                             settings.max_shift, settings.seed, crop=dataset.train_crop)
-    schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
-                                                           decay_rate=settings.lr_decay, staircase=True)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
+    with scope(settings.strategy, settings.devices) as replicas:
+        model = create_model(model_name, **model_config)
+        batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
+                                 settings.max_shift, settings.seed, crop=dataset.train_crop)
+        schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
+                                                               decay_rate=settings.lr_decay, staircase=True)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
 
-    state = load_state(run_dir)
-    remove_temporaries(run_dir)
-    if state.epoch:
-        restore_checkpoint(run_dir, model, state)
-    if not state.finished and state.epoch < settings.epochs:
-        _run_epochs(model, dataset, settings, run_dir, state, batches, console)
-    state.finished = True
-    state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
-    save_state(run_dir, state)
-    model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
+        state = load_state(run_dir)
+        remove_temporaries(run_dir)
+        if state.epoch:
+            restore_checkpoint(run_dir, model, state)
+        if not state.finished and state.epoch < settings.epochs:
+            _run_epochs(model, dataset, settings, run_dir, state, batches, console)
+        state.finished = True
+        state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
+        save_state(run_dir, state)
+        model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
-    return TrainResult(model, state, run_dir, images_per_second)
+    return TrainResult(model, state, run_dir, images_per_second, replicas)
 
 
 def _tensorboard_available() -> bool:

@@ -1,0 +1,81 @@
+"""Compiling, differentiating and measuring kernels the same way on each Keras backend, for the benchmark suites.
+
+TensorFlow runs kernels as `tf.function` graphs (as the trainer and the ART bridge do) and reports peak memory from
+its allocator; JAX runs them under `jax.jit` and reports the compiled call's buffer sizes.
+"""
+
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+
+class CompiledStep:
+    """One kernel call, forward only or forward plus backward, compiled for the Keras backend.
+
+    Args:
+        function: `(*inputs) -> output` or a tuple of outputs, on `keras.ops` tensors.
+        probes: one array per output, broadcastable to it: the backward pass differentiates
+            `sum_k sum(output_k * probe_k)` with respect to every input, so every output element gets its own weight.
+        backward: run the backward pass too.
+        jit: under TensorFlow, compile with XLA (`jit_compile=True`); JAX always does.
+    """
+
+    def __init__(self, function: Callable, probes: Sequence[np.ndarray], backward: bool, jit: bool = False):
+        def outputs_of(*inputs):
+            outputs = function(*inputs)
+            return outputs if isinstance(outputs, tuple) else (outputs,)
+
+        def objective(*inputs):
+            return sum(keras.ops.sum(o * p) for o, p in zip(outputs_of(*inputs), probes))
+
+        self.backend = keras.backend.backend()
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            def forward_backward(*inputs):
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    value = objective(*inputs)
+                return value, tape.gradient(value, inputs)
+
+            self._step = tf.function(forward_backward if backward else outputs_of, jit_compile=jit)
+        elif self.backend == "jax":
+            import jax
+
+            self._step = jax.jit((lambda *inputs: jax.value_and_grad(objective, argnums=tuple(range(len(inputs))))(
+                *inputs)) if backward else outputs_of)
+        else:
+            raise NotImplementedError(f"the benchmarks run on the tensorflow and jax backends, not {self.backend}")
+
+    def __call__(self, *inputs):
+        """Runs the step; the results are computed (not pending) when it returns."""
+        results = self._step(*inputs)
+        if self.backend == "jax":
+            import jax
+
+            results = jax.block_until_ready(results)
+        return results
+
+    def peak_bytes(self, *inputs) -> int | None:
+        """Peak memory of one call above what was allocated before it (the inputs), after a warm-up call.
+
+        TensorFlow: its allocator's peak on the first GPU, else the CPU. JAX: the compiled call's temporary buffers
+        plus its outputs (the compiler's plan, which is what the device will allocate).
+        """
+        self(*inputs)
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            device = (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name
+            tf.config.experimental.reset_memory_stats(device)
+            before = tf.config.experimental.get_memory_info(device)["current"]
+            self(*inputs)
+            return int(tf.config.experimental.get_memory_info(device)["peak"] - before)
+        stats = self._step.lower(*inputs).compile().memory_analysis()
+        return None if stats is None else int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+
+
+def to_device(arrays: Sequence[np.ndarray]) -> list:
+    """Numpy arrays as backend tensors, so that timings do not include the host-to-device copy."""
+    return [keras.ops.convert_to_tensor(a) for a in arrays]

@@ -1,0 +1,107 @@
+"""The latest benchmark results as `rich` tables: each kernel against its reference, and the throughput suites.
+
+    python -m benchmarks.report [--results PATH]
+
+Kernels and references are paired by case, and only within one run (a ratio of timings from two runs of a shared
+CPU means little). Ratios are reference / fast: above 1, the fast kernel wins.
+"""
+
+import argparse
+import sys
+from collections import defaultdict
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.results import load, results_path
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:,.1f} ms" if value < 10 else f"{value:,.1f} s"
+
+
+def _mebibytes(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def _ratio(numerator, denominator) -> str:
+    if not numerator or not denominator:
+        return "—"
+    return f"{numerator / denominator:.2f}×"
+
+
+def kernel_table(entries: list[dict]) -> Table:
+    table = Table(title="routing kernels: fast vs reference (ratio = reference / fast)")
+    for column in ("case", "fast median", "reference median", "speed-up", "fast peak", "reference peak",
+                   "memory ratio"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for (run, case), variants in _paired(entries):
+        fast, reference = variants.get("fast"), variants.get("reference")
+        table.add_row(case, _seconds(fast["median_s"]) if fast else "—",
+                      _seconds(reference["median_s"]) if reference else "—",
+                      _ratio(reference and reference["median_s"], fast and fast["median_s"]),
+                      _mebibytes(fast and fast["peak_bytes"]), _mebibytes(reference and reference["peak_bytes"]),
+                      _ratio(reference and reference["peak_bytes"], fast and fast["peak_bytes"]))
+    return table
+
+
+def attack_table(entries: list[dict]) -> Table:
+    table = Table(title="attack throughput through the ART bridge vs ART's stock TensorFlowV2Classifier")
+    for column in ("case", "capsrobust images/s", "ART stock images/s", "ratio"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for (run, case), variants in _paired(entries):
+        ours, stock = variants.get("capsrobust"), variants.get("art-stock")
+        table.add_row(case, f"{ours['images_per_second']:,.1f}" if ours else "—",
+                      f"{stock['images_per_second']:,.1f}" if stock else "—",
+                      _ratio(ours and ours["images_per_second"], stock and stock["images_per_second"]))
+    return table
+
+
+def training_table(entries: list[dict]) -> Table:
+    table = Table(title="training throughput")
+    for column in ("model", "batch", "images/s", "median per round", "data"):
+        table.add_column(column, justify="left" if column in ("model", "data") else "right")
+    for entry in sorted(entries, key=lambda e: e["case"]):
+        table.add_row(entry["case"], str(entry["extra"].get("batch", "")), f"{entry['images_per_second']:,.1f}",
+                      _seconds(entry["median_s"]), str(entry["extra"].get("dataset", "")))
+    return table
+
+
+def _paired(entries: list[dict]):
+    """`((run, case), {variant: entry})` for every case, in the order the suite ran them."""
+    groups: dict = defaultdict(dict)
+    for entry in entries:
+        groups[(entry["run"], entry["case"])][entry["variant"]] = entry
+    return sorted(groups.items(), key=lambda item: (item[0][0], _case_key(item[0][1])))
+
+
+def _case_key(case: str):
+    # "batch 32" before "batch 128": sort the numbers in a case as numbers
+    return [int(token) if token.isdigit() else token for token in case.replace(",", " ").split()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", help=f"the results file (default: {results_path()})")
+    args = parser.parse_args(argv)
+    console = Console()
+    path = args.results or results_path()
+    try:
+        stored = load(path if args.results else None)
+    except FileNotFoundError:
+        console.print(f"no benchmark results at {path}: run `pytest benchmarks/ --benchmark-only` first")
+        return 2
+    by_suite: dict = defaultdict(list)
+    for entry in stored["results"].values():
+        by_suite[entry["suite"]].append(entry)
+    tables = {"routing": kernel_table, "attack": attack_table, "training": training_table}
+    for suite, build in tables.items():
+        if by_suite.get(suite):
+            console.print(build(by_suite[suite]))
+    for run, info in sorted(stored["runs"].items()):
+        console.print(f"run {run}: {info['backend']} backend, {info['cpus']} CPUs, {info['processor'] or '?'}, "
+                      f"{info['platform']}, Python {info['python']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
