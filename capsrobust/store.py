@@ -24,9 +24,9 @@ import keras
 import numpy as np
 
 import capsrobust
-from capsrobust.errors import StoreError
+from capsrobust.errors import ConfigError, StoreError
 from capsrobust.io import read_json, write_json
-from capsrobust.models import create_model
+from capsrobust.models import create_model, model_config
 
 CARD_FORMAT = "capsrobust-model-card"
 CARD_VERSION = 1
@@ -59,6 +59,13 @@ def library_versions() -> dict:
     return versions
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def _new_id(model: str, dataset: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{model}-{dataset}-{stamp}-{secrets.token_hex(3)}"
@@ -73,17 +80,69 @@ class Entry:
     card: dict
     problem: str = ""
 
+    # A broken entry's card may hold anything (that is why it is broken), so these never assume its types.
     @property
     def model(self) -> str:
-        return self.card.get("model", "?")
+        model = self.card.get("model")
+        return model if isinstance(model, str) else "?"
 
     @property
     def dataset(self) -> str:
-        return self.card.get("dataset", {}).get("name", "?")
+        name = _field(self.card, "dataset", "name")
+        return name if isinstance(name, str) else "?"
 
     @property
     def val_accuracy(self) -> float:
-        return float(self.card.get("metrics", {}).get("val_accuracy", float("nan")))
+        value = _field(self.card, "metrics", "val_accuracy")
+        return float(value) if _is_number(value) else float("nan")
+
+
+def _field(card: dict, section: str, key: str):
+    """`card[section][key]`, or None where the section is not a dict or lacks the key."""
+    part = card.get(section)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# What a card must hold for the store to load its model: field -> type (None: optional field).
+_CARD_FIELDS = {"model": str, "config": dict, "dataset": dict, "weights": dict}
+_OPTIONAL_CARD_FIELDS = {"metrics": dict, "training": dict, "family": str, "created": str, "backend": str,
+                         "detector": (dict, type(None))}
+
+
+def card_problem(card: dict) -> str:
+    """Why a (current-version) card cannot describe a loadable model, in a few words; empty if it can.
+
+    Checks the types the store and the commands rely on, and that the registry knows the model and every key of its
+    configuration, so a tampered card is reported as broken instead of failing later with a traceback.
+    """
+    for name, kind in {**_CARD_FIELDS, **_OPTIONAL_CARD_FIELDS}.items():
+        if name not in card:
+            if name in _CARD_FIELDS:
+                return f"card.json has no {name!r}"
+            continue
+        if not isinstance(card[name], kind):
+            return f"card.json field {name!r} has the wrong type ({type(card[name]).__name__})"
+    if not isinstance(card["dataset"].get("name"), str):
+        return "card.json has no dataset name"
+    sha256 = card["weights"].get("sha256")
+    if not (isinstance(sha256, str) and len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
+        return "card.json has no valid weights sha256"
+    for key in ("val_accuracy", "test_accuracy"):
+        value = card.get("metrics", {}).get(key)
+        if value is not None and not _is_number(value):
+            return f"card.json metric {key!r} is not a number"
+    detector = card.get("detector")
+    if detector is not None and not _is_number(detector.get("threshold")):
+        return "card.json detector has no numeric threshold"
+    try:
+        model_config(card["model"], **card["config"])
+    except ConfigError as error:
+        return f"card.json: {error}"
+    return ""
 
 
 class ModelStore:
@@ -109,16 +168,26 @@ class ModelStore:
     def unfinished_runs(self, model: str | None = None, dataset: str | None = None) -> list[tuple[Path, dict]]:
         """Runs without a published model, newest first, optionally filtered by model and data set name."""
         found = []
-        for run_dir in sorted(self.runs_dir.glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True):
-            try:
-                spec = read_json(run_dir / RUN_FILE)
-            except (OSError, ValueError):
-                continue
-            if spec.get("published") or (model and spec["model"] != model) or \
+        for run_dir in sorted(self.runs_dir.glob("*/"), key=_mtime, reverse=True):
+            spec = self.read_run(run_dir)
+            if spec is None or spec.get("published") or (model and spec["model"] != model) or \
                     (dataset and spec["dataset"]["name"] != dataset):
                 continue
             found.append((run_dir, spec))
         return found
+
+    @staticmethod
+    def read_run(run_dir: Path) -> dict | None:
+        """A run's `run.json`, or None if it is unreadable or lacks what a resume needs."""
+        try:
+            spec = read_json(Path(run_dir) / RUN_FILE)
+        except (OSError, ValueError):
+            return None
+        needs = {"model": str, "config": dict, "settings": dict, "data": dict, "dataset": dict}
+        if not isinstance(spec, dict) or any(not isinstance(spec.get(k), t) for k, t in needs.items()) or \
+                not isinstance(spec["dataset"].get("name"), str):
+            return None
+        return spec
 
     # Models --------------------------------------------------------------------------------------------------------
 
@@ -131,6 +200,8 @@ class ModelStore:
             card: everything the card records besides format, id and weights.
         """
         entry_id = Path(run_dir).name
+        for stale in self.models_dir.glob(f".staging-{entry_id}-*"):  # a publish of this run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         staging = self.models_dir / f".staging-{entry_id}-{secrets.token_hex(3)}"
         try:
             staging.mkdir(parents=True)
@@ -149,14 +220,18 @@ class ModelStore:
         write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
         return Entry(entry_id, self.models_dir / entry_id, card)
 
-    def entries(self) -> list[Entry]:
-        """Every entry, healthy or not (a broken one carries its `problem`), oldest first."""
+    def entries(self, verify: bool = False) -> list[Entry]:
+        """Every entry, healthy or not (a broken one carries its `problem`), oldest first.
+
+        Args:
+            verify: also hash every weights file and mark those that do not match their card (reads all weights).
+        """
         if not self.models_dir.is_dir():
             return []
-        return [self._read_entry(path) for path in sorted(self.models_dir.iterdir())
+        return [self._read_entry(path, verify) for path in sorted(self.models_dir.iterdir())
                 if path.is_dir() and not path.name.startswith(".")]
 
-    def _read_entry(self, path: Path) -> Entry:
+    def _read_entry(self, path: Path, verify: bool = False) -> Entry:
         try:
             card = read_json(path / CARD_FILE)
         except FileNotFoundError:
@@ -165,11 +240,25 @@ class ModelStore:
             return Entry(path.name, path, {}, f"unreadable card.json ({type(error).__name__})")
         if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
             return Entry(path.name, path, {}, "card.json is not a capsrobust model card")
-        if card.get("version", 0) > CARD_VERSION:
-            return Entry(path.name, path, card, f"card version {card.get('version')} is newer than this capsrobust "
+        version = card.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            return Entry(path.name, path, {}, f"card.json has an invalid version {version!r}")
+        if version > CARD_VERSION:
+            return Entry(path.name, path, card, f"card version {version} is newer than this capsrobust "
                                                 f"supports ({CARD_VERSION}); upgrade capsrobust")
+        problem = card_problem(card)
+        if problem:
+            return Entry(path.name, path, card, problem)
         if not (path / WEIGHTS_FILE).is_file():
             return Entry(path.name, path, card, f"missing {WEIGHTS_FILE}")
+        if verify:
+            try:
+                matches = sha256_of(path / WEIGHTS_FILE) == card["weights"]["sha256"]
+            except OSError as error:
+                return Entry(path.name, path, card, f"unreadable {WEIGHTS_FILE} ({error.strerror or error})")
+            if not matches:
+                return Entry(path.name, path, card, f"{WEIGHTS_FILE} does not match the card's sha256 "
+                                                    "(modified or corrupted)")
         return Entry(path.name, path, card)
 
     def resolve(self, name: str, dataset: str | None = None) -> Entry:
@@ -201,7 +290,10 @@ class ModelStore:
             raise StoreError(f"store entry {entry.id} is broken: {entry.problem}")
         weights = entry.path / WEIGHTS_FILE
         expected = entry.card.get("weights", {}).get("sha256")
-        actual = sha256_of(weights)
+        try:
+            actual = sha256_of(weights)
+        except OSError as error:
+            raise StoreError(f"{weights}: cannot read: {error.strerror or error}") from None
         if actual != expected:
             raise StoreError(f"{weights}: sha256 {actual[:12]}… does not match the card's {str(expected)[:12]}…; "
                              f"the weights were modified or corrupted")

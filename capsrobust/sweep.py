@@ -132,7 +132,7 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
     adversarial = predict_batched(mut.model, x_adv, config.batch_size)
     adv_pred = adversarial[SCORES].argmax(-1) if len(x) else np.empty(0, dtype=int)
     success = adv_pred == targets if config.targeted else adv_pred != y
-    delta = (x_adv - x).reshape(len(x), -1)
+    delta = (x_adv - x).reshape(len(x), int(np.prod(x.shape[1:])))  # -1 is ambiguous when no image is attacked
     linf, l2 = np.abs(delta).max(axis=1, initial=0.0), np.sqrt((delta ** 2).sum(axis=1))
     n = len(images)
     cell = {

@@ -3,6 +3,8 @@
 import argparse
 import json
 import math
+import tempfile
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -35,6 +37,54 @@ def positive_float(text: str) -> float:
     return value
 
 
+def directory(text: str) -> str:
+    """A directory path; an empty one is refused rather than taken as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a directory, got {text!r}")
+    return text
+
+
+def writable_directory(path: str | Path) -> Path:
+    """Creates `path` if needed and proves it writable with a temporary file, before any long computation.
+
+    Permission bits alone do not tell (root ignores them; a read-only file system does not), so this writes.
+
+    Raises:
+        CapsrobustError: the directory cannot be created or written.
+    """
+    from capsrobust.errors import CapsrobustError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise CapsrobustError(f"cannot write to {path}: {error.strerror or error}") from None
+    return path
+
+
+def new_directory(parent: str | Path, name: str) -> Path:
+    """Creates `parent/name`, or `name-2`, `name-3`, ... if it exists, so two runs never write into one directory.
+
+    Raises:
+        CapsrobustError: `parent` cannot be created or written.
+    """
+    from capsrobust.errors import CapsrobustError
+
+    parent = writable_directory(parent)
+    for attempt in range(1, 1000):
+        path = parent / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise CapsrobustError(f"cannot write to {path}: {error.strerror or error}") from None
+    raise CapsrobustError(f"cannot create a new directory {name} in {parent}: 999 exist already")
+
+
 def config_item(text: str) -> tuple[str, object]:
     """`KEY=VALUE` with VALUE parsed as JSON when it is JSON (`routings=2`, `decoder_units=[256,512]`)."""
     key, sep, raw = text.partition("=")
@@ -48,7 +98,7 @@ def config_item(text: str) -> tuple[str, object]:
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", metavar="DIR",
+    group.add_argument("--data-dir", type=directory, metavar="DIR",
                        help="directory with the data set's files (in DIR/<dataset>/ or DIR itself); "
                             "default: $CAPSROBUST_DATA, then ~/.cache/capsrobust/data, then download (not smallnorb)")
     group.add_argument("--subset", action="store_true", default=None,
@@ -83,7 +133,8 @@ def entry_dataset(entry, args):
 
 
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", metavar="DIR", help="trained-model store (default: $CAPSROBUST_HOME or ~/.capsrobust)")
+    parser.add_argument("--store", type=directory, metavar="DIR",
+                        help="trained-model store (default: $CAPSROBUST_HOME or ~/.capsrobust)")
 
 
 def eps_list(text: str) -> tuple[float, ...]:

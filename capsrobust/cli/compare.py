@@ -40,8 +40,12 @@ def default_models(store, dataset: str) -> list:
 
 
 def run(args) -> int:
+    from capsrobust.data import list_datasets
+    from capsrobust.errors import ConfigError
     from capsrobust.store import ModelStore
 
+    if args.dataset not in list_datasets():
+        raise ConfigError(f"unknown data set (known: {', '.join(list_datasets())}). Received: {args.dataset!r}")
     methods = check_methods(args.methods)
     store = ModelStore(args.store)
     entries = [store.resolve(name, dataset=args.dataset) for name in args.models] if args.models \

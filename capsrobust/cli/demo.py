@@ -2,7 +2,7 @@
 
 import argparse
 
-from capsrobust.cli.args import add_store_arg, positive_int
+from capsrobust.cli.args import add_store_arg, directory, positive_int, writable_directory
 
 HELP = "offline demo: train a small CapsNet and a CNN with the same decoder on the bundled subset, then compare them"
 DEMO_MODELS = ("capsnet-small", "cnn-recon")
@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=positive_int, default=3, help="training epochs per model (3)")
     parser.add_argument("--limit", type=positive_int, default=200, help="test images to attack (200)")
-    parser.add_argument("--output", metavar="DIR", help="where the result directory goes (./capsrobust-output)")
+    parser.add_argument("--output", type=directory, metavar="DIR",
+                        help="where the result directory goes (./capsrobust-output)")
     add_store_arg(parser)
     parser.set_defaults(run=run)
 
@@ -23,6 +24,7 @@ def run(args) -> int:
     from capsrobust.cli.train import train_model
     from capsrobust.console import console
 
+    writable_directory(args.output or "capsrobust-output")  # before minutes of training, not after
     store = ["--store", args.store] if args.store else []
     ids = []
     for model in DEMO_MODELS:

@@ -1,10 +1,11 @@
 """Shared machinery of `attack`, `detect`, `compare` and `demo`: load models, run the sweep, print and save."""
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, entry_dataset, eps_list, non_negative_int,
-                                 positive_float, positive_int)
+from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, new_directory,
+                                 non_negative_int, positive_float, positive_int)
 
 DEFAULT_LIMIT = 1000
 
@@ -30,7 +31,8 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
     group.add_argument("--no-checks", dest="trust_checks", action="store_false",
                        help="skip the trust checks (eps=1 attack, random-noise baseline)")
-    group.add_argument("--output", metavar="DIR", help="where result directories go (default ./capsrobust-output)")
+    group.add_argument("--output", type=directory, metavar="DIR",
+                       help="where result directories go (default ./capsrobust-output)")
     add_data_args(parser)
     parser.set_defaults(limit=limit_default)
     add_store_arg(parser)
@@ -48,7 +50,11 @@ def sweep_config(args, methods: tuple[str, ...]):
 def check_methods(text: str) -> tuple[str, ...]:
     from attacks import get_attack_spec
 
+    from capsrobust.errors import ConfigError
+
     methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    if not methods:
+        raise ConfigError(f"--method needs at least one attack (fgsm, bim, pgd). Received: --method {text!r}")
     for method in methods:
         get_attack_spec(method)  # one-line ConfigError for an unknown name
     return methods
@@ -57,7 +63,7 @@ def check_methods(text: str) -> tuple[str, ...]:
 def load_under_test(store, entry, args, need_detector: bool = False):
     """The entry's model, its evaluation data and (if it has a decoder) its detector."""
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
-    from capsrobust.errors import ConfigError
+    from capsrobust.errors import ConfigError, StoreError
     from capsrobust.sweep import ModelUnderTest
 
     model = store.load(entry)
@@ -65,8 +71,12 @@ def load_under_test(store, entry, args, need_detector: bool = False):
     detector = None
     if model.has_decoder:
         stored = entry.card.get("detector")
-        detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
-            reconstruction_distances(model, dataset.x_val, args.batch_size))
+        try:
+            detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
+                reconstruction_distances(model, dataset.x_val, args.batch_size))
+        except TypeError:
+            raise StoreError(f"store entry {entry.id}: card.json has an unknown detector field "
+                             f"({', '.join(sorted(stored))})") from None
     elif need_detector:
         raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
                           f"or cnn-recon")
@@ -83,11 +93,17 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     from capsrobust.sweep import run_sweep
 
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
-    with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        result = run_sweep(under_test, config, images, labels, progress=progress)
-    out_dir = Path(args.output or "capsrobust-output") / report.output_dir_name(
-        command, [m.id for m in under_test], dataset.name, config)
+    # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same second.
+    out_dir = new_directory(args.output or "capsrobust-output",
+                            report.output_dir_name(command, [m.id for m in under_test], dataset.name, config))
+    try:
+        with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            result = run_sweep(under_test, config, images, labels, progress=progress)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only if still empty
+        raise
     metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
                            for m in under_test}}

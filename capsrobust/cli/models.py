@@ -14,6 +14,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from capsrobust.console import console
@@ -29,21 +30,26 @@ def run(args) -> int:
     console.print(registry)
 
     store = ModelStore(args.store)
-    entries = store.entries()
+    entries = store.entries(verify=True)
     trained = Table(title=f"trained models in {store.models_dir}")
     trained.add_column("id", no_wrap=True)
     for column in ("model", "data set", "epochs", "val acc", "test acc", "backend", "trained", "status"):
         trained.add_column(column)
     for entry in entries:
-        card = entry.card
+        # A broken entry's card may hold anything: show only what a healthy card guarantees.
+        card = {} if entry.problem else entry.card
         metrics, training, data = card.get("metrics", {}), card.get("training", {}), card.get("dataset", {})
-        status = f"[red]broken: {entry.problem}[/]" if entry.problem else "[green]ok[/]"
+        status = "[red]broken[/]" if entry.problem else "[green]ok[/]"
         source = " (subset)" if data.get("source") == "subset" else ""
         trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", str(training.get("epochs_completed", "")),
                         _fraction(metrics.get("val_accuracy")), _fraction(metrics.get("test_accuracy")),
                         card.get("backend", ""), card.get("created", "")[:16].replace("T", " "), status)
     if entries:
         console.print(trained)
+        # Below the table, where a narrow terminal cannot truncate them.
+        for entry in entries:
+            if entry.problem:
+                console.print(f"[red]broken:[/] {escape(entry.id)}: {escape(entry.problem)}", soft_wrap=True)
     else:
         console.print(f"no trained models in {store.models_dir} yet; train one with `capsrobust train mnist`")
     return 0

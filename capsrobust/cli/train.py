@@ -82,7 +82,8 @@ def train_model(args):
     """Trains (or resumes) as `args` say and publishes the result; returns the new store `Entry`."""
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
-    from capsrobust.models import model_config
+    from capsrobust.errors import StoreError
+    from capsrobust.models import create_model, model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
 
@@ -91,7 +92,11 @@ def train_model(args):
         run_dir, spec = _find_run(store, args)
         given = {"epochs": args.epochs, "devices": args.devices,
                  "strategy": None if args.strategy == "auto" else args.strategy}
-        settings = TrainSettings(**{**spec["settings"], **{k: v for k, v in given.items() if v is not None}})
+        try:
+            settings = TrainSettings(**{**spec["settings"], **{k: v for k, v in given.items() if v is not None}})
+        except TypeError as error:
+            raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
+                             f"this run cannot be resumed") from None
         err_console.print(f"resuming run {run_dir.name}")
     else:
         model_name = args.model or "capsnet"
@@ -112,6 +117,7 @@ def train_model(args):
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     if run_dir is None:
         spec["config"] = _fit_config(spec["model"], overrides, dataset)
+        create_model(spec["model"], **spec["config"])  # a value the model rejects fails here, not in a new run
         spec["dataset"] = dataset.describe()
         run_dir = store.new_run(spec)
     err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
@@ -153,6 +159,9 @@ def _find_run(store, args):
         runs = [(d, s) for d, s in store.unfinished_runs() if d.name == args.resume]
         what = f"unfinished run {args.resume!r}"
     if not runs:
+        named = store.runs_dir / args.resume
+        if args.resume != "latest" and named.is_dir() and store.read_run(named) is None:
+            raise ConfigError(f"{named / 'run.json'} is missing, unreadable or incomplete; this run cannot be resumed")
         raise ConfigError(f"no {what} to resume in {store.runs_dir}")
     return runs[0]
 
@@ -162,6 +171,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     from rich.table import Table
 
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
+    from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
     from capsrobust.store import library_versions
     from capsrobust.training import fit
@@ -192,7 +202,11 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    entry = store.publish(run_dir, result.model, card)
+    try:
+        entry = store.publish(run_dir, result.model, card)
+    except StoreError as error:
+        raise StoreError(f"{error}; the trained run is kept in {run_dir}: publish it with `capsrobust train "
+                         f"{dataset.name} --resume {run_dir.name}` once the store is writable") from None
     table = Table(title=f"trained {entry.id}")
     for column in ("model", "data set", "epochs", "best epoch", "val accuracy", "test accuracy", "img/s", "time"):
         table.add_column(column)

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_entry_args, add_store_arg, entry_dataset, non_negative_int,
-                                 positive_int, resolve_entry)
+from capsrobust.cli.args import (add_data_args, add_entry_args, add_store_arg, directory, entry_dataset,
+                                 non_negative_int, positive_int, resolve_entry, writable_directory)
 
 HELP = "pose manipulation grids: each capsule dimension stepped from -0.25 to 0.25 and decoded"
 EXAMPLES = """examples:
@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
     add_entry_args(parser)
     parser.add_argument("--images", type=positive_int, default=4, help="how many test images (4)")
     parser.add_argument("--first", type=non_negative_int, default=0, help="index of the first test image (0)")
-    parser.add_argument("--output", metavar="DIR", help="where the grids go (default ./capsrobust-output)")
+    parser.add_argument("--output", type=directory, metavar="DIR",
+                        help="where the grids go (default ./capsrobust-output)")
     add_data_args(parser)
     add_store_arg(parser)
     parser.set_defaults(run=run)
@@ -36,9 +37,9 @@ def run(args) -> int:
         raise ConfigError(f"--first {args.first} is past the {len(dataset.x_test)} test images")
     images = dataset.x_test[args.first:args.first + args.images]
     labels = dataset.y_test[args.first:args.first + args.images]
+    out_dir = writable_directory(Path(args.output or "capsrobust-output") / f"visualize-{entry.id}")
     reconstructions, predictions = pose_perturbations(store.load(entry), images)
 
-    out_dir = Path(args.output or "capsrobust-output") / f"visualize-{entry.id}"
     paths = []
     try:
         for i, (grid, label, predicted) in enumerate(zip(reconstructions, labels, predictions)):

@@ -191,8 +191,8 @@ def load_dataset(
             directory, hashes = _locate(key, data_dir), SHA256[key]
             source = str(directory)
         arrays = {f: _read_verified(directory / f, hashes[f], key) for f in FILES}
-        x_train, y_train = _check_pair(arrays, TRAIN_IMAGES, TRAIN_LABELS, len(DATASETS[key].class_names))
-        x_test, y_test = _check_pair(arrays, TEST_IMAGES, TEST_LABELS, len(DATASETS[key].class_names))
+        x_train, y_train = _check_pair(directory, arrays, TRAIN_IMAGES, TRAIN_LABELS, len(DATASETS[key].class_names))
+        x_test, y_test = _check_pair(directory, arrays, TEST_IMAGES, TEST_LABELS, len(DATASETS[key].class_names))
         x_train, x_test = _to_float(x_train), _to_float(x_test)
     train_idx, val_idx = _split(len(y_train), val_size, val_seed)
     train_idx = train_idx[:limit]
@@ -351,20 +351,26 @@ def _fetch(url: str, path: Path, sha256: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _check_pair(arrays: dict, images_file: str, labels_file: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Checks that an images file and its labels file agree; returns (uint8 images, int64 labels)."""
+def _check_pair(directory: Path, arrays: dict, images_file: str, labels_file: str,
+                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Checks that an images file and its labels file (in `directory`) agree; returns (uint8 images, int64 labels).
+
+    Errors name the file by its full path: a user with several copies of a data set needs to know which is bad.
+    """
     images, labels = arrays[images_file], arrays[labels_file]
+    images_path, labels_path = directory / images_file, directory / labels_file
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE[:2]:
         shape = "x".join(map(str, images.shape))
-        raise DataError(f"{images_file}: expected uint8 images of 28x28, got {images.dtype} of shape {shape}")
+        raise DataError(f"{images_path}: expected uint8 images of 28x28, got {images.dtype} of shape {shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise DataError(f"{labels_file}: expected 1-D uint8 labels, got {labels.dtype} of shape {labels.shape}")
+        shape = "x".join(map(str, labels.shape))
+        raise DataError(f"{labels_path}: expected 1-D uint8 labels, got {labels.dtype} of shape {shape}")
     if len(labels) != len(images):
-        raise DataError(f"{labels_file}: holds {len(labels)} labels but {images_file} holds {len(images)} images")
+        raise DataError(f"{labels_path}: holds {len(labels)} labels but {images_file} holds {len(images)} images")
     if len(labels) and labels.max() >= num_classes:
         bad = int(np.argmax(labels >= num_classes))
         raise DataError(
-            f"{labels_file}: label {labels[bad]} at index {bad} is out of range (expected 0 to {num_classes - 1})"
+            f"{labels_path}: label {labels[bad]} at index {bad} is out of range (expected 0 to {num_classes - 1})"
         )
     return images, labels.astype(np.int64)
 

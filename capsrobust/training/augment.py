@@ -72,6 +72,7 @@ class ShiftedBatches(keras.utils.PyDataset):
         self.seed = seed
         self.crop = crop
         self.epoch = 0
+        self.non_finite_batch: tuple[int, int] | None = None  # (epoch, batch), from 1, of the first NaN/Inf batch
         self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=int))
 
     def __len__(self) -> int:
@@ -90,4 +91,9 @@ class ShiftedBatches(keras.utils.PyDataset):
         else:
             images = random_crop(self.images[rows], self.crop, rng)
         labels = self.one_hot[rows]
+        # The loss alone does not reveal a NaN pixel: max-pooling drops it, and training goes on from damaged
+        # activations. Recorded here, acted on by the trainer's NaN guard (raising inside Keras's input pipeline
+        # would reach the user as a TensorFlow traceback).
+        if self.non_finite_batch is None and not (np.isfinite(images).all() and np.isfinite(labels).all()):
+            self.non_finite_batch = (self.epoch + 1, index + 1)
         return {"image": images, "label": labels}, labels

@@ -6,24 +6,42 @@ import time
 import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from capsrobust.errors import StoreError
 from capsrobust.training.checkpoint import RunState, save_checkpoint
 
 
 class NanGuard(keras.callbacks.Callback):
-    """Stops training at the first batch whose loss is NaN or infinite, and remembers where."""
+    """Stops training at the first batch whose loss is NaN or infinite, or whose inputs are, and remembers where.
 
-    def __init__(self):
+    Args:
+        batches: the batch stream, whose `non_finite_batch` names the first batch it served with NaN or Inf values
+            (None: watch the loss only).
+
+    Attributes:
+        tripped_at: `(epoch, batch)`, from 1, where it tripped; None while it has not.
+        cause: what tripped it: "loss" or "inputs".
+    """
+
+    def __init__(self, batches=None):
         super().__init__()
+        self.batches = batches
         self.tripped_at: tuple[int, int] | None = None
+        self.cause = ""
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.tripped_at is not None:
+            return
         loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss) and self.tripped_at is None:
-            self.tripped_at = (self._epoch + 1, batch + 1)
+        bad_inputs = getattr(self.batches, "non_finite_batch", None)
+        if bad_inputs is not None:
+            self.tripped_at, self.cause = bad_inputs, "inputs"
+        elif not math.isfinite(loss):
+            self.tripped_at, self.cause = (self._epoch + 1, batch + 1), "loss"
+        if self.tripped_at is not None:
             self.model.stop_training = True
 
 
@@ -57,13 +75,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state.seconds += time.perf_counter() - self._started
         state.history.append({"epoch": epoch + 1, **logs})
         val_accuracy = logs.get("val_accuracy", logs.get("accuracy", 0.0))
-        improved = val_accuracy > state.best_val_accuracy
-        if improved:
+        if val_accuracy > state.best_val_accuracy:
             state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
         if self.patience is not None and state.epochs_since_best >= self.patience:
             state.stop_reason = f"early stopping: no validation improvement for {self.patience} epochs"
             self.model.stop_training = True
-        save_checkpoint(self.run_dir, self.model, state, improved)
+        try:
+            save_checkpoint(self.run_dir, self.model, state)
+        except OSError as error:  # disk full, run directory gone or read-only: the previous checkpoint is intact
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was kept"
+            raise StoreError(f"cannot write the checkpoint of epoch {epoch + 1} in {self.run_dir}: "
+                             f"{error.strerror or error}; {kept}") from None
 
 
 class MarginSchedule(keras.callbacks.Callback):

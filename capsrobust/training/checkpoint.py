@@ -1,10 +1,12 @@
 """Per-epoch checkpoints of a training run: weights, optimizer state and progress, written so a kill loses nothing.
 
 A run directory holds `epoch-NNNN.weights.h5` and `epoch-NNNN.optimizer.npz` (Adam's moments and step count) for
-the last completed epoch, `best.weights.h5` for the best validation epoch, and `state.json`,
-which names the epoch. Files are written under temporary names and renamed; `state.json` is replaced last, so after
-a kill at any instant it points at a complete checkpoint. Nothing here uses pickle: all of it is HDF5, `.npz`
-arrays loaded with `allow_pickle=False`, and JSON.
+the last completed epoch, the `epoch-NNNN.weights.h5` of the best validation epoch, and `state.json`, which names
+both. Files are written under temporary names and renamed; `state.json` is replaced last and files it no longer
+names are deleted after it, so after a kill at any instant it points at a complete checkpoint and at the weights of
+the best epoch it records (a separate `best.weights.h5` replaced before `state.json` could hold an epoch the state
+never recorded). Nothing here uses pickle: all of it is HDF5, `.npz` arrays loaded with `allow_pickle=False`, and
+JSON.
 """
 
 import os
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from capsrobust.errors import StoreError
 from capsrobust.io import atomic_path, read_json, write_json
 
 STATE_FILE = "state.json"
-BEST_WEIGHTS = "best.weights.h5"
+LEGACY_BEST_WEIGHTS = "best.weights.h5"  # runs checkpointed before the best epoch's own file was kept
 
 
 @dataclass
@@ -42,23 +45,33 @@ def _epoch_stem(epoch: int) -> str:
 
 
 def load_state(run_dir: Path) -> RunState:
-    """The run's state, or a fresh one if no epoch has completed."""
+    """The run's state, or a fresh one if no epoch has completed.
+
+    Raises:
+        StoreError: `state.json` exists but is not a state this version wrote (damaged or edited by hand).
+    """
     path = Path(run_dir) / STATE_FILE
-    return RunState(**read_json(path)) if path.exists() else RunState()
+    if not path.exists():
+        return RunState()
+    try:
+        return RunState(**read_json(path))
+    except (OSError, ValueError, TypeError) as error:  # unreadable, not JSON, not an object, unknown keys
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise StoreError(f"{path}: not a readable run state ({reason}); this run cannot be resumed, "
+                         f"start a new one") from None
 
 
 def save_state(run_dir: Path, state: RunState) -> None:
     write_json(Path(run_dir) / STATE_FILE, asdict(state))
 
 
-def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> None:
+def save_checkpoint(run_dir: Path, model, state: RunState) -> None:
     """Saves the weights and optimizer state of `state.epoch`, then points `state.json` at them.
 
     Args:
         run_dir: the run directory.
         model: the compiled model being trained.
-        state: progress including the epoch just completed.
-        improved: this epoch has the best validation accuracy so far; also replace `best.weights.h5`.
+        state: progress including the epoch just completed (and `best_epoch`, which may be this one).
     """
     run_dir = Path(run_dir)
     stem = _epoch_stem(state.epoch)
@@ -71,22 +84,46 @@ def save_checkpoint(run_dir: Path, model, state: RunState, improved: bool) -> No
         model.optimizer.save_own_variables(variables)
         with open(tmp, "wb") as f:
             np.savez(f, **variables)
-    if improved:
-        with atomic_path(run_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
-            model.save_weights(tmp)
     save_state(run_dir, state)
+    keep = {f"{stem}.weights.h5", f"{stem}.optimizer.npz", f"{_epoch_stem(state.best_epoch)}.weights.h5"}
     for old in run_dir.glob("epoch-*"):
-        if not old.name.startswith(stem):
+        if old.name not in keep:
             old.unlink(missing_ok=True)
 
 
+def best_weights(run_dir: Path, state: RunState) -> Path:
+    """The weights file of the run's best validation epoch."""
+    path = Path(run_dir) / f"{_epoch_stem(state.best_epoch)}.weights.h5"
+    legacy = Path(run_dir) / LEGACY_BEST_WEIGHTS
+    return legacy if not path.exists() and legacy.exists() else path
+
+
 def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
-    """Loads the weights and optimizer state of `state.epoch` into a compiled `model`."""
+    """Loads the weights and optimizer state of `state.epoch` into a compiled `model`.
+
+    Raises:
+        StoreError: the checkpoint's files are missing or damaged.
+    """
     stem = Path(run_dir) / _epoch_stem(state.epoch)
-    model.load_weights(f"{stem}.weights.h5")
-    model.optimizer.build(model.trainable_variables)
-    with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
-        model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
+    try:
+        model.load_weights(f"{stem}.weights.h5")
+        model.optimizer.build(model.trainable_variables)
+        with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
+            model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
+    except (OSError, ValueError, KeyError) as error:  # missing, truncated, pickled or from another architecture
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise StoreError(f"{run_dir}: the checkpoint of epoch {state.epoch} is missing or damaged ({reason}); "
+                         f"this run cannot be resumed, start a new one") from None
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Deletes the temporary files of checkpoint writes that never finished (the process was killed mid-write).
+
+    Call it only where no other process writes this run: on resume. Each may be as large as the model's weights.
+    """
+    for pattern in (".epoch-*", f".{LEGACY_BEST_WEIGHTS}.*", f".{STATE_FILE}.*"):
+        for stale in Path(run_dir).glob(pattern):
+            stale.unlink(missing_ok=True)
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:

@@ -13,7 +13,8 @@ from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.augment import ShiftedBatches
 from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
-from capsrobust.training.checkpoint import BEST_WEIGHTS, RunState, load_state, restore_checkpoint, save_state
+from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
+                                           save_state)
 from capsrobust.training.distribute import resolve_strategy, scope
 
 
@@ -116,6 +117,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
 
         state = load_state(run_dir)
+        remove_temporaries(run_dir)
         if state.epoch:
             restore_checkpoint(run_dir, model, state)
         if not state.finished and state.epoch < settings.epochs:
@@ -123,7 +125,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         state.finished = True
         state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
         save_state(run_dir, state)
-        model.load_weights(run_dir / BEST_WEIGHTS)  # the optimizer too: harmless, the run is over
+        model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
     return TrainResult(model, state, run_dir, images_per_second, replicas)
 
@@ -136,7 +138,7 @@ def _tensorboard_available() -> bool:
 
 
 def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
-    guard = NanGuard()
+    guard = NanGuard(batches)
     callbacks = [guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if hasattr(model, "spread_margin"):
@@ -165,6 +167,9 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
     if guard.tripped_at is not None:
         epoch, batch = guard.tripped_at
         kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
+        if guard.cause == "inputs":
+            raise TrainingDiverged(f"NaN/Inf values in the training inputs at epoch {epoch}, batch {batch}; training "
+                                   f"stopped and {kept} (the data or augmentation produced them)")
         raise TrainingDiverged(f"loss became NaN/Inf at epoch {epoch}, batch {batch}; training stopped and {kept} "
                                f"(try a lower --lr)")
 
