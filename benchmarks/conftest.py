@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from benchmarks.results import Result, save
+from benchmarks.results import Result, new_run, results_path, save
 
-_RESULTS: list[Result] = []
+_RUN = new_run()
 
 
 def pytest_addoption(parser):
@@ -40,12 +40,11 @@ def record(request, benchmark):
         per_second = round(images / median, 1) if images else None
         benchmark.extra_info.update(case=case, variant=variant, peak_bytes=peak_bytes, images_per_second=per_second,
                                     **extra)
-        _RESULTS.append(Result(request.node.nodeid, suite, case, variant, median, peak_bytes, per_second, extra))
+        save([Result(request.node.nodeid, suite, case, variant, median, peak_bytes, per_second, extra)], _RUN)
 
     return keep
 
 
-def pytest_sessionfinish(session):
-    if _RESULTS:
-        path = save(_RESULTS)
-        print(f"\nbenchmark results: {path} (python -m benchmarks.report)")
+def pytest_terminal_summary(terminalreporter):
+    if results_path().is_file():
+        terminalreporter.write_line(f"benchmark results: {results_path()} (python -m benchmarks.report)")

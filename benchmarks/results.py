@@ -52,11 +52,18 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "python": platform.python_version()}
 
 
-def save(results: list[Result], path: Path | None = None) -> Path:
-    """Merges `results` into the results file as one new run (atomically) and returns its path."""
+def new_run() -> str:
+    """A name for one pytest session's run: its start time."""
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def save(results: list[Result], run: str, path: Path | None = None) -> Path:
+    """Merges `results` of `run` into the results file (atomically) and returns its path.
+
+    Called after every benchmark, so a session that dies (out of memory, interrupted) keeps what it measured.
+    """
     path = path or results_path()
     stored = read_json(path) if path.is_file() else {"runs": {}, "results": {}}
-    run = datetime.datetime.now().isoformat(timespec="seconds")
     stored["runs"][run] = machine()
     for result in results:
         stored["results"][result.test] = {**asdict(result), "run": run}
