@@ -186,7 +186,8 @@ def to_art_classifier(model, loss: str = "model", batch_size: int = 128) -> ArtC
     return ArtClassifier(model, loss, batch_size)
 
 
-def input_gradient(objective: Callable, image_shape, num_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def input_gradient(objective: Callable, image_shape,
+                   num_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A compiled `(images, one_hot_labels) -> d sum(objective) / d images`, for attacks with their own objective.
 
     Row `i` of the result is the gradient of `objective`'s `i`-th value alone (its values are per example), whatever

@@ -15,8 +15,8 @@ from capsrobust.sweep import SweepResult, config_dict
 CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_step_size",
               "attack_steps", "attack_random_start", "images", "attacked", "clean_accuracy", "adversarial_accuracy",
               "attack_success_rate", "linf_mean", "linf_max", "l2_mean", "l2_max", "detector_threshold",
-              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "transfer_source", "whitebox_accuracy",
-              "source_accuracy", "seconds"]
+              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "transfer_source",
+              "whitebox_accuracy", "source_accuracy", "seconds"]
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:

@@ -138,8 +138,8 @@ def test_transfer_crafts_on_the_source(capsule, trained_small_models):
 def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(trained_small_models, mnist_subset):
     capsnet = ModelUnderTest("capsnet-small-mnist-20260101-000000-abcdef", "capsnet-small", "capsule",
                              trained_small_models["capsnet-small"], {})
-    cnn = ModelUnderTest("cnn-small-mnist-20260101-000000-123456", "cnn-small", "cnn", trained_small_models["cnn-small"],
-                         {})
+    cnn = ModelUnderTest("cnn-small-mnist-20260101-000000-123456", "cnn-small", "cnn",
+                         trained_small_models["cnn-small"], {})
     config = SweepConfig(methods=("fgsm", "vote", "transfer"), eps_values=(0.1, 0.2), steps=5, examples=2,
                          skip_inapplicable=True)
     images, labels = mnist_subset.x_test[:40], mnist_subset.y_test[:40]

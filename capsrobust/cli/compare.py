@@ -23,9 +23,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--models", type=name_list, help="model names or entry ids, comma-separated (default: the "
                                                          "best stored capsule model and the best stored CNN)")
     parser.add_argument("--suite", choices=tuple(SUITES), default="standard",
-                        help="attack set when --method is not given: standard (fgsm, bim, pgd) or strong (adds PGD-100, "
-                             "vote attacks, R-BIM, AutoAttack and transfer between the compared models; attacks that "
-                             "do not apply to a model, e.g. the vote attack on a CNN, are skipped and listed)")
+                        help="attack set when --method is not given: standard (fgsm, bim, pgd) or strong (adds "
+                             "PGD-100, vote attacks, R-BIM, AutoAttack and transfer between the compared models; "
+                             "attacks that do not apply to a model, e.g. the vote attack on a CNN, are skipped and "
+                             "listed)")
     add_attack_args(parser, methods_default=None, eps_default="0.05,0.1,0.2,0.3", limit_default=500)
     parser.set_defaults(run=run, command="compare")
 
