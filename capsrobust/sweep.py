@@ -191,7 +191,8 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
     spec = get_attack_spec(method)
     base_spec = get_attack_spec(options["base"]) if method == "transfer" else spec
     overrides = {} if base_spec.single_step else {"step_size": config.step_size, "steps": config.steps}
-    if not base_spec.single_step and config.steps and not config.step_size and eps > 0 and method != "autoattack":
+    if not base_spec.single_step and config.steps and not config.step_size and eps > 0 \
+            and base_spec.name != "autoattack":
         # Fewer steps than the default at the default step size could not reach the budget: 2.5 eps / steps can.
         # (APGD in autoattack adapts its own step from 2 eps.)
         overrides["step_size"] = 2.5 * eps / config.steps
