@@ -226,7 +226,7 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
         "linf_mean": _mean(linf), "linf_max": float(linf.max(initial=0.0)),
         "l2_mean": _mean(l2), "l2_max": float(l2.max(initial=0.0)),
         "detector_threshold": None, "detector_fpr": None, "detection_rate": None, "auroc": None,
-        "undetected_success_rate": None,
+        "undetected_success_rate": None, "transfer_source": None, "whitebox_accuracy": None, "source_accuracy": None,
     }
     if "last_run" in record:
         cell["autoattack_members"] = record["last_run"]
