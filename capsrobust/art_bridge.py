@@ -49,6 +49,7 @@ class ArtClassifier(TensorFlowV2Classifier):
     Attributes:
         source_model: the wrapped `CapsrobustModel` (ART's `model` is a callable returning its scores only).
         loss_name: the attack loss, one of `LOSSES`.
+        per_example_loss: that loss per example, `(one_hot_labels, scores) -> (batch_size,)`.
         batch_size: images per forward or backward pass when a caller gives no batch size.
     """
 
@@ -64,6 +65,7 @@ class ArtClassifier(TensorFlowV2Classifier):
         self.loss_name = loss
         self.batch_size = batch_size
         self._per_example_loss = per_example
+        self.per_example_loss = per_example  # `(one_hot_labels, scores) -> (batch_size,)`, for attacks' own objectives
         # Compiled lazily, once per mode: the unknown batch dimension serves every batch size without retracing.
         images = tf.TensorSpec((None, *model.image_shape), tf.float32)
         labels = tf.TensorSpec((None, model.num_classes), tf.float32)
@@ -182,3 +184,39 @@ def to_art_classifier(model, loss: str = "model", batch_size: int = 128) -> ArtC
         raise ConfigError("the ART bridge needs the TensorFlow backend (set KERAS_BACKEND=tensorflow). "
                           f"Received: backend={keras.backend.backend()!r}")
     return ArtClassifier(model, loss, batch_size)
+
+
+def input_gradient(objective: Callable, image_shape,
+                   num_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A compiled `(images, one_hot_labels) -> d sum(objective) / d images`, for attacks with their own objective.
+
+    Row `i` of the result is the gradient of `objective`'s `i`-th value alone (its values are per example), whatever
+    the batch. The TensorFlow side of the attacks in `attacks/` (vote attack, R-BIM), kept here with the bridge's
+    other `tf.*` code.
+
+    Args:
+        objective: `(images, one_hot_labels) -> (batch_size,)` on `keras.ops` tensors, the value an attack climbs.
+        image_shape: `(height, width, channels)`.
+        num_classes: the labels' width.
+
+    Returns:
+        A function of numpy `(batch_size, *image_shape)` float32 images and `(batch_size, num_classes)` labels that
+        returns the `(batch_size, *image_shape)` float32 gradient.
+
+    Raises:
+        ConfigError: a Keras backend other than TensorFlow.
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError("capsrobust's attacks need the TensorFlow backend (set KERAS_BACKEND=tensorflow). "
+                          f"Received: backend={keras.backend.backend()!r}")
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.float32),
+                                  tf.TensorSpec((None, num_classes), tf.float32)])
+    def gradient(images, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            total = tf.reduce_sum(objective(images, labels))
+        return tape.gradient(total, images)
+
+    return lambda images, labels: gradient(np.asarray(images, np.float32), np.asarray(labels, np.float32)).numpy()

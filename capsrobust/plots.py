@@ -1,5 +1,6 @@
 """Figures of a sweep, drawn with matplotlib's Agg backend (no display needed) and written atomically as PNG."""
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -92,7 +93,7 @@ def write_figures(result: SweepResult, out_dir: Path) -> list[Path]:
     if roc is not None:
         paths.append(roc)
     for (model_id, attack, eps), example in result.examples.items():
-        name = f"grid-{_short(model_id)}-{attack}-eps{eps:g}.png"
+        name = re.sub(r"[^A-Za-z0-9_.,+-]", "_", f"grid-{_short(model_id)}-{attack}-eps{eps:g}") + ".png"
         paths.append(example_grid(example, f"{_short(model_id)}: {attack} eps={eps:g}", out_dir / name))
     return paths
 

@@ -15,7 +15,8 @@ from capsrobust.sweep import SweepResult, config_dict
 CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_step_size",
               "attack_steps", "attack_random_start", "images", "attacked", "clean_accuracy", "adversarial_accuracy",
               "attack_success_rate", "linf_mean", "linf_max", "l2_mean", "l2_max", "detector_threshold",
-              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "seconds"]
+              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "transfer_source",
+              "whitebox_accuracy", "source_accuracy", "seconds"]
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
@@ -37,7 +38,8 @@ def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
     """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
-                                        "cells": result.cells, "checks": result.checks, "noise": result.noise})
+                                        "cells": result.cells, "worst_case": result.worst_case,
+                                        "skipped": result.skipped, "checks": result.checks, "noise": result.noise})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
@@ -89,6 +91,41 @@ def checks_table(result: SweepResult) -> Table:
     return table
 
 
+def worst_case_table(result: SweepResult, detection: bool = True) -> Table:
+    """Per model and eps: the per-image worst case over every attack, the strongest single attack, and the share of
+    attacked images some attack turned into an undetected success."""
+    table = Table(title="worst case over all attacks (an image counts only if it survives every attack)")
+    columns = ["model", "eps", "worst-case acc", "strongest attack", "its acc"]
+    if detection:
+        columns.append("undetected by any")
+    columns.append("attacks")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "strongest attack", "attacks") else "right")
+    for row in result.worst_case:
+        cells = [_short(row["model_id"]), f"{row['eps']:g}", _pct(row["worst_case_accuracy"]),
+                 row["strongest_attack"], _pct(row["strongest_accuracy"])]
+        if detection:
+            cells.append(_pct(row["undetected_success_any"]))
+        cells.append(", ".join(row["attacks"]))
+        table.add_row(*cells)
+    return table
+
+
+def transfer_table(result: SweepResult) -> Table | None:
+    """Transfer cells beside the target's white-box accuracy under the same base attack; None without any."""
+    rows = [c for c in result.cells if c.get("transfer_source")]
+    if not rows:
+        return None
+    table = Table(title="black-box transfer vs white-box (accuracy of the target; source on its own images)")
+    for column in ("target", "source", "base attack", "eps", "white-box acc", "transfer acc", "source acc"):
+        table.add_column(column, justify="left" if column in ("target", "source", "base attack") else "right")
+    for c in rows:
+        table.add_row(_short(c["model_id"]), _short(c["transfer_source"]), c["attack_options"]["base"],
+                      f"{c['eps']:g}", _pct(c["whitebox_accuracy"]), _pct(c["adversarial_accuracy"]),
+                      _pct(c["source_accuracy"]))
+    return table
+
+
 def describe_attacks(result: SweepResult) -> str:
     """One line per attack saying exactly what ran (reports must state the loss and every parameter)."""
     lines = []
@@ -98,9 +135,21 @@ def describe_attacks(result: SweepResult) -> str:
         if key in seen:
             continue
         seen.add(key)
+        options = {k: v for k, v in (c.get("attack_options") or {}).items() if k != "source"}
+        extra = "".join(f", {k} {v}" for k, v in options.items())
+        if c.get("attack_members"):
+            extra += f", members: {'; '.join(c['attack_members'])}"
         lines.append(f"{c['attack']} eps={c['eps']:g}: norm L{c['norm']}, step {c.get('attack_step_size', 0):.4g}, "
                      f"{c.get('attack_steps')} steps, random start {c.get('attack_random_start')}, "
-                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c['loss']}")
+                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c['loss']}{extra}")
+    for c in result.cells:
+        if c.get("autoattack_members"):
+            ran = ", ".join(f"{name} {'ran' if m['ran'] else 'did not run'} (fooled {m['fooled']})"
+                            for name, m in c["autoattack_members"]["members"].items())
+            lines.append(f"autoattack on {_short(c['model_id'])} eps={c['eps']:g}: {ran}; "
+                         f"{c['autoattack_members']['survived']} survived all")
+    for skipped in result.skipped:
+        lines.append(f"skipped {skipped['attack']} on {_short(skipped['model_id'])}: {skipped['reason']}")
     return "\n".join(lines)
 
 

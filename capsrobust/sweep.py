@@ -2,6 +2,15 @@
 
 Each model is attacked only on the test images it classifies correctly (attacking a mistake measures nothing);
 adversarial accuracy is reported over all images, so it is directly comparable with clean accuracy.
+
+Per model and eps the sweep also reports the worst case over every attack that ran: an image counts as robust only
+if it is classified correctly clean and under *every* attack (per-image worst case, which is lower than or equal to
+the smallest single-attack accuracy, also reported), and the share of attacked images that at least one attack
+turned into an undetected success (misclassified and not flagged by the reconstruction detector).
+
+A transfer attack (`transfer`) crafts on each source model given to `run_sweep` (never the target itself) and is
+shown to the target; its cell carries the target's white-box accuracy under the same base attack (run in the same
+sweep, added if not asked for) and the source's accuracy on its own images.
 """
 
 import time
@@ -10,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from attacks import attack_defaults, get_attack_spec, make_attack, validate_inputs
+from capsrobust.errors import ConfigError
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.detection import ReconstructionDetector, auroc, reconstruction_distances
 from capsrobust.models.base import RECONSTRUCTION, SCORES
@@ -37,6 +47,10 @@ class SweepConfig:
     seed: int = 0
     trust_checks: bool = True
     examples: int = 8
+    recon_weight: float | None = None
+    queries: int | None = None
+    transfer_base: str = "pgd"
+    skip_inapplicable: bool = False
 
 
 @dataclass
@@ -59,11 +73,13 @@ class SweepResult:
     examples: dict = field(default_factory=dict)
     roc: dict = field(default_factory=dict)
     noise: list[dict] = field(default_factory=list)
+    worst_case: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
 
 def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
-              progress=None) -> SweepResult:
+              progress=None, sources: list[ModelUnderTest] | None = None) -> SweepResult:
     """Attacks every model with every method at every eps.
 
     Args:
@@ -72,31 +88,52 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
         images: `(num_images, height, width, channels)` test images in [0, 1].
         labels: `(num_images,)` integer labels.
         progress: a `rich.progress.Progress` to advance, or None.
+        sources: the models transfer attacks craft on (each target is attacked from every source but itself).
 
     Returns:
-        A `SweepResult` with one cell per (model, method, eps), trust checks, image examples and ROC data.
+        A `SweepResult` with one cell per (model, method, eps) (per source for transfer), the per-image worst case
+        per (model, eps), trust checks, image examples and ROC data.
+
+    Raises:
+        ConfigError: an attack that does not apply to a model (a CNN has no votes, a model without a decoder has no
+            reconstruction error), unless `config.skip_inapplicable`, which records it in `result.skipped`.
     """
     validate_inputs(images)
     started = time.perf_counter()
     result = SweepResult(config)
-    task = progress.add_task("sweep", total=len(models) * len(config.methods) * len(config.eps_values)) \
-        if progress is not None else None
+    methods = _with_transfer_base(config)
+    sources = list(sources or [])
+    plan = [(mut, method, source) for mut in models for method in methods
+            for source in (_sources_for(mut, sources, config) if method == "transfer" else [None])]
+    plan = [step for step in plan if _applies(step, config, result)]
+    task = progress.add_task("sweep", total=len(plan) * len(config.eps_values)) if progress is not None else None
+    source_classifiers = {s.id: to_art_classifier(s.model, loss=config.loss, batch_size=config.batch_size)
+                          for s in sources}
     for mut in models:
         clean = predict_batched(mut.model, images, config.batch_size)
         correct = clean[SCORES].argmax(-1) == labels
         clean_distances = reconstruction_distances(mut.model, images, config.batch_size) \
             if mut.detector is not None else None
         classifier = to_art_classifier(mut.model, loss=config.loss, batch_size=config.batch_size)
-        for method in config.methods:
+        survived = {eps: correct.copy() for eps in config.eps_values}
+        undetected = {eps: np.zeros(int(correct.sum()), dtype=bool) for eps in config.eps_values}
+        for _, method, source in (step for step in plan if step[0] is mut):
             for eps in config.eps_values:
-                cell, example, roc = _attack_cell(mut, classifier, method, eps, config, images, labels, correct,
-                                                  clean, clean_distances)
+                attacker = classifier if source is None else source_classifiers[source.id]
+                cell, example, roc, per_image = _attack_cell(mut, attacker, method, eps, config, images, labels,
+                                                             correct, clean, clean_distances, source)
+                if source is not None:
+                    _add_transfer_columns(cell, result.cells, source, per_image, config)
                 result.cells.append(cell)
-                result.examples[(mut.id, method, eps)] = example
+                survived[eps] &= per_image["survived"]
+                if per_image["undetected"] is not None:
+                    undetected[eps] |= per_image["undetected"]
+                result.examples[(mut.id, cell["attack"], eps)] = example
                 if roc is not None:
-                    result.roc[(mut.id, method, eps)] = roc
+                    result.roc[(mut.id, cell["attack"], eps)] = roc
                 if progress is not None:
                     progress.advance(task)
+        result.worst_case.extend(_worst_case(mut, result.cells, survived, undetected, correct))
         if config.trust_checks:
             result.noise.extend(_noise_accuracy(mut, config, images, labels))
             result.checks.append(_eps_one_check(mut, classifier, config, images[correct], labels[correct]))
@@ -106,38 +143,82 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
     return result
 
 
-def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, clean, clean_distances):
+def _with_transfer_base(config: SweepConfig) -> tuple[str, ...]:
+    """The methods to run: a transfer attack's base method runs white-box too, just before it (side by side)."""
+    methods = list(dict.fromkeys(config.methods))
+    if "transfer" in methods and config.transfer_base not in methods:
+        methods.insert(methods.index("transfer"), config.transfer_base)
+    return tuple(methods)
+
+
+def _sources_for(mut: ModelUnderTest, sources: list[ModelUnderTest], config: SweepConfig) -> list:
+    eligible = [s for s in sources if s.id != mut.id and s.model.image_shape == mut.model.image_shape]
+    return eligible or [None]  # None: no source, reported by _applies
+
+
+def _applies(step, config: SweepConfig, result: SweepResult) -> bool:
+    mut, method, source = step
+    if method == "transfer" and source is None:
+        reason = "no source model other than the target itself (give one with --source)"
+    else:
+        reason = get_attack_spec(method).applies(mut.model)
+    if not reason:
+        return True
+    if not config.skip_inapplicable:
+        raise ConfigError(f"{method} does not apply to {mut.name}: {reason}")
+    result.skipped.append({"model_id": mut.id, "attack": method, "reason": reason})
+    return False
+
+
+def _method_options(method: str, config: SweepConfig, source) -> dict:
+    wanted = {"recon_weight": config.recon_weight, "queries": config.queries, "base": config.transfer_base,
+              "source": None if source is None else source.id}
+    defaults = get_attack_spec(method).options
+    return {key: defaults[key] if wanted[key] is None else wanted[key] for key in defaults}
+
+
+def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, clean, clean_distances,
+                 source=None):
     started = time.perf_counter()
     x, y = images[correct], labels[correct]
     num_classes = mut.model.num_classes
     rng = np.random.default_rng(config.seed)
     targets = (y + rng.integers(1, num_classes, size=len(y))) % num_classes if config.targeted else y
-    params = attack_defaults(method, eps, config.norm)
+    options = _method_options(method, config, source)
+    params = attack_defaults(method, eps, config.norm, options)
     # A sweep's step options apply to the attacks they mean something for: not to one-step FGSM, and no random
     # start for BIM (BIM with one is PGD).
     spec = get_attack_spec(method)
-    overrides = {} if spec.single_step else {"step_size": config.step_size, "steps": config.steps}
-    if not spec.single_step and config.steps and not config.step_size and eps > 0:
+    base_spec = get_attack_spec(options["base"]) if method == "transfer" else spec
+    overrides = {} if base_spec.single_step else {"step_size": config.step_size, "steps": config.steps}
+    if not base_spec.single_step and config.steps and not config.step_size and eps > 0 \
+            and base_spec.name != "autoattack":
         # Fewer steps than the default at the default step size could not reach the budget: 2.5 eps / steps can.
+        # (APGD in autoattack adapts its own step from 2 eps.)
         overrides["step_size"] = 2.5 * eps / config.steps
-    if spec.random_start_allowed:
+    if base_spec.random_start_allowed:
         overrides["random_start"] = config.random_start
     params.update({k: v for k, v in overrides.items() if v is not None})
     x_adv = x
+    record = {}
     if len(x) and eps > 0:  # at eps = 0 the only admissible image is the original
         attack = make_attack(method, classifier, eps, step_size=params.get("step_size"), steps=params.get("steps"),
                              norm=config.norm, targeted=config.targeted, random_start=params.get("random_start"),
-                             batch_size=config.batch_size, seed=config.seed)
+                             batch_size=config.batch_size, seed=config.seed, options=options)
         x_adv = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets]).astype("float32")
+        record = attack.record()
     adversarial = predict_batched(mut.model, x_adv, config.batch_size)
     adv_pred = adversarial[SCORES].argmax(-1) if len(x) else np.empty(0, dtype=int)
     success = adv_pred == targets if config.targeted else adv_pred != y
     delta = (x_adv - x).reshape(len(x), int(np.prod(x.shape[1:])))  # -1 is ambiguous when no image is attacked
     linf, l2 = np.abs(delta).max(axis=1, initial=0.0), np.sqrt((delta ** 2).sum(axis=1))
     n = len(images)
+    name = method if source is None else f"transfer({_short_id(source.id)})"
     cell = {
-        "model_id": mut.id, "model": mut.name, "family": mut.family, "attack": method, "eps": eps,
+        "model_id": mut.id, "model": mut.name, "family": mut.family, "attack": name, "method": method,
+        "white_box": spec.white_box, "eps": eps,
         "norm": config.norm, "targeted": config.targeted, "loss": config.loss, **_prefixed(params),
+        "attack_options": options,
         "images": n, "attacked": int(len(x)),
         "clean_accuracy": float(correct.mean()),
         "adversarial_accuracy": float((adv_pred == y).sum() / n) if n else float("nan"),
@@ -145,17 +226,22 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
         "linf_mean": _mean(linf), "linf_max": float(linf.max(initial=0.0)),
         "l2_mean": _mean(l2), "l2_max": float(l2.max(initial=0.0)),
         "detector_threshold": None, "detector_fpr": None, "detection_rate": None, "auroc": None,
-        "undetected_success_rate": None,
+        "undetected_success_rate": None, "transfer_source": None, "whitebox_accuracy": None, "source_accuracy": None,
     }
-    roc = None
+    if "last_run" in record:
+        cell["autoattack_members"] = record["last_run"]
+    if "members" in record:
+        cell["attack_members"] = record["members"]
+    roc, undetected = None, None
     if mut.detector is not None:
         adv_distances = reconstruction_distances(mut.model, x_adv, config.batch_size) if len(x) else np.empty(0)
         flagged = mut.detector.flags(adv_distances)
+        undetected = success & ~flagged
         cell.update(detector_threshold=mut.detector.threshold,
                     detector_fpr=_mean(mut.detector.flags(clean_distances)),
                     detection_rate=_mean(flagged[success]),
                     auroc=auroc(clean_distances, adv_distances[success]),
-                    undetected_success_rate=_mean(success & ~flagged))
+                    undetected_success_rate=_mean(undetected))
         roc = (clean_distances, adv_distances[success])
     cell["seconds"] = round(time.perf_counter() - started, 2)
     k = min(config.examples, len(x))
@@ -164,7 +250,48 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
     if RECONSTRUCTION in adversarial:
         example["clean_reconstruction"] = clean[RECONSTRUCTION][correct][:k]
         example["adversarial_reconstruction"] = adversarial[RECONSTRUCTION][:k]
-    return cell, example, roc
+    survived = correct.copy()
+    survived[correct] = adv_pred == y
+    per_image = {"survived": survived, "undetected": undetected, "adversarial": x_adv, "labels": y}
+    return cell, example, roc, per_image
+
+
+def _short_id(model_id: str) -> str:
+    from capsrobust.report import _short
+
+    return _short(model_id)
+
+
+def _add_transfer_columns(cell: dict, cells: list[dict], source: ModelUnderTest, per_image: dict,
+                          config: SweepConfig) -> None:
+    """The target's white-box accuracy under the base attack (its cell in this sweep) and the source's accuracy on
+    the images crafted on it, beside the transfer accuracy."""
+    base = cell["attack_options"]["base"]
+    whitebox = next((c for c in cells if c["model_id"] == cell["model_id"] and c["attack"] == base
+                     and c["eps"] == cell["eps"]), None)
+    cell["transfer_source"] = source.id
+    cell["whitebox_accuracy"] = None if whitebox is None else whitebox["adversarial_accuracy"]
+    cell["source_accuracy"] = None
+    if len(per_image["adversarial"]) and cell["images"]:
+        # The source's accuracy on the images crafted on it (its white-box accuracy), over all images like the
+        # target's, so the numbers share a denominator; only the images the target classified correctly were crafted.
+        predictions = predict_batched(source.model, per_image["adversarial"], config.batch_size)[SCORES].argmax(-1)
+        cell["source_accuracy"] = float(np.sum(predictions == per_image["labels"]) / cell["images"])
+
+
+def _worst_case(mut: ModelUnderTest, cells: list[dict], survived: dict, undetected: dict,
+                correct: np.ndarray) -> list[dict]:
+    rows = []
+    for eps, robust in survived.items():
+        own = [c for c in cells if c["model_id"] == mut.id and c["eps"] == eps]
+        if not own:
+            continue
+        strongest = min(own, key=lambda c: c["adversarial_accuracy"])
+        rows.append({"model_id": mut.id, "model": mut.name, "eps": eps, "attacks": [c["attack"] for c in own],
+                     "worst_case_accuracy": float(robust.mean()),
+                     "strongest_attack": strongest["attack"], "strongest_accuracy": strongest["adversarial_accuracy"],
+                     "undetected_success_any": (_mean(undetected[eps]) if mut.detector is not None else None)})
+    return rows
 
 
 def _prefixed(params: dict) -> dict:
@@ -205,14 +332,24 @@ def _check(name: str, model_id: str, passed: bool, detail: str, hint: str) -> di
 
 
 def _sweep_checks(result: SweepResult) -> list[dict]:
-    """Checks after Carlini et al. (2019): iterative >= single-step, monotone in eps, stronger than noise."""
+    """Checks after Carlini et al. (2019): iterative >= single-step, monotone in eps, stronger than noise, and
+    white-box stronger than black-box transfer (Athalye et al. 2018: a transfer attack that beats the white-box one
+    means the target's gradients are masked).
+
+    Attacks that trade success for stealth (a reconstruction penalty: rbim, vote-da) are left out of the
+    iterative >= single-step comparison; transfer attacks out of the white-box comparisons.
+    """
     checks = []
     cells = result.cells
     accuracy = {(c["model_id"], c["attack"], c["eps"]): c["adversarial_accuracy"] for c in cells}
+    white_box = {c["attack"] for c in cells if c.get("white_box", True)}
+    stealthy = {c["attack"] for c in cells if (c.get("attack_options") or {}).get("recon_weight")}
     model_ids = list(dict.fromkeys(c["model_id"] for c in cells))
     for model_id in model_ids:
         for (mid, method, eps), acc in sorted(accuracy.items(), key=lambda kv: kv[0][2]):
             if mid != model_id or method == "fgsm" or (mid, "fgsm", eps) not in accuracy:
+                continue
+            if method not in white_box or method in stealthy:
                 continue
             single = accuracy[(mid, "fgsm", eps)]
             checks.append(_check("iterative >= single-step", mid, acc <= single + TOLERANCE,
@@ -227,11 +364,21 @@ def _sweep_checks(result: SweepResult) -> list[dict]:
                                  "a larger budget helped the model: the attack is not converging or is masked"))
         noise = {row["eps"]: row["noise_accuracy"] for row in result.noise if row["model_id"] == model_id}
         for (mid, method, eps), acc in accuracy.items():
-            if mid == model_id and eps in noise and eps > 0:
+            if mid == model_id and eps in noise and eps > 0 and method in white_box:
                 checks.append(_check("stronger than random noise", mid, acc <= noise[eps] + TOLERANCE,
                                      f"{method} {acc:.3f} vs uniform noise {noise[eps]:.3f} at eps={eps:g}",
                                      "random noise of the same size does better than the attack: gradient masking "
                                      "or a broken attack"))
+        for cell in cells:
+            if cell["model_id"] != model_id or cell.get("white_box", True) or cell.get("whitebox_accuracy") is None:
+                continue
+            base = cell["attack_options"]["base"]
+            checks.append(_check("white-box >= transfer", model_id,
+                                 cell["whitebox_accuracy"] <= cell["adversarial_accuracy"] + TOLERANCE,
+                                 f"{base} {cell['whitebox_accuracy']:.3f} white-box vs {cell['attack']} "
+                                 f"{cell['adversarial_accuracy']:.3f} at eps={cell['eps']:g}",
+                                 "images crafted on another model fool this one more often than its own gradients "
+                                 "do: gradient masking (Athalye et al. 2018)"))
     return checks
 
 

@@ -5,11 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from attacks import ATTACKS, attack_defaults, make_attack, validate_inputs
+from attacks import attack_defaults, make_attack, validate_inputs
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.errors import ConfigError
-from capsrobust.models import model_config
-from capsrobust.training import TrainSettings, fit
 
 FAMILIES = {"capsule": "capsnet-small", "cnn": "cnn-small"}
 # Images attacked per family: capsnet-small's gradient costs ~0.2 s per 100 images on 2 CPU cores, so fewer there.
@@ -18,12 +16,9 @@ TOLERANCE = 0.05  # accuracy an iterative attack may trail FGSM by (3 of 64 imag
 
 
 @pytest.fixture(scope="module")
-def classifiers(mnist_subset, tmp_path_factory):
-    """Both families trained 2 epochs on the subset, once for the module, as ART classifiers (model loss)."""
-    settings = TrainSettings(epochs=2, batch_size=64)
-    return {family: to_art_classifier(fit(name, model_config(name), mnist_subset, settings,
-                                          tmp_path_factory.mktemp(name)).model)
-            for family, name in FAMILIES.items()}
+def classifiers(trained_small_models):
+    """Both families trained 2 epochs on the subset (once per session), as ART classifiers (model loss)."""
+    return {family: to_art_classifier(trained_small_models[name]) for family, name in FAMILIES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +43,20 @@ def _distances(adversarial, images, norm: str) -> np.ndarray:
     return np.abs(delta).max(axis=1) if norm == "inf" else np.linalg.norm(delta, axis=1)
 
 
+BASIC = ("fgsm", "bim", "pgd")  # the capsule-aware, AutoAttack and transfer attacks: tests/test_capsule_attacks.py
+
+
 @pytest.fixture(scope="module")
 def at_eps_0_1(classifiers, clean):
-    """Adversarial images from each method at L-inf eps = 0.1, per family."""
+    """Adversarial images from each basic method at L-inf eps = 0.1, per family."""
     return {(family, method): make_attack(method, classifier, 0.1, seed=0).generate(*clean[family])
-            for family, classifier in classifiers.items() for method in ATTACKS}
+            for family, classifier in classifiers.items() for method in BASIC}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_stays_in_the_linf_ball_and_in_the_unit_range(at_eps_0_1, clean, family):
     images = clean[family][0]
-    for method in ATTACKS:
+    for method in BASIC:
         adversarial = at_eps_0_1[family, method]
         assert adversarial.shape == images.shape and adversarial.dtype == np.float32
         assert _distances(adversarial, images, "inf").max() <= 0.1 + 1e-6, method
@@ -69,13 +67,13 @@ def test_every_method_stays_in_the_linf_ball_and_in_the_unit_range(at_eps_0_1, c
 @pytest.mark.parametrize("family", FAMILIES)
 def test_iterative_attacks_are_at_least_as_strong_as_fgsm(classifiers, clean, at_eps_0_1, family):
     labels = clean[family][1]
-    accuracy = {method: _accuracy(classifiers[family], at_eps_0_1[family, method], labels) for method in ATTACKS}
+    accuracy = {method: _accuracy(classifiers[family], at_eps_0_1[family, method], labels) for method in BASIC}
     assert accuracy["fgsm"] < 1.0, accuracy
     for method in ("bim", "pgd"):
         assert accuracy[method] <= accuracy["fgsm"] + TOLERANCE, accuracy
 
 
-@pytest.mark.parametrize("method", ATTACKS)
+@pytest.mark.parametrize("method", BASIC)
 def test_l2_attacks_stay_in_the_l2_ball(classifiers, clean, method):
     images, labels = clean["cnn"]
     adversarial = make_attack(method, classifiers["cnn"], 1.5, norm="2", seed=0).generate(images[:40], labels[:40])
@@ -132,6 +130,11 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
     assert record == {"method": "fgsm", "eps": 0.25, "norm": "inf", "step_size": 0.25, "steps": 1,
                       "random_start": False, "targeted": False, "batch_size": 32, "seed": None, "loss": "model",
                       "art_class": "FastGradientMethod"}
+    assert attack_defaults("pgd100", 0.3) == {"step_size": 0.01, "steps": 100, "random_start": True}
+    assert attack_defaults("autoattack", 0.3) == {"step_size": 0.6, "steps": 100, "random_start": True}
+    assert attack_defaults("rbim", 0.1) == attack_defaults("bim", 0.1)
+    assert attack_defaults("vote", 0.3) == attack_defaults("pgd", 0.3)
+    assert attack_defaults("transfer", 0.3, options={"base": "bim"}) == attack_defaults("bim", 0.3)
 
 
 @pytest.mark.parametrize("kwargs, argument", [
@@ -145,6 +148,11 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
     ({"method": "cw"}, "method='cw'"),
     ({"method": "fgsm", "steps": 10}, "steps=10"),
     ({"method": "bim", "random_start": True}, "random_start=True"),
+    ({"method": "rbim", "options": {"recon_weight": -1.0}}, "recon_weight=-1.0"),
+    ({"method": "autoattack", "options": {"queries": 0}}, "queries=0"),
+    ({"method": "transfer", "options": {"base": "transfer"}}, "base='transfer'"),
+    ({"method": "pgd", "options": {"recon_weight": 0.1}}, "options={'recon_weight': 0.1}"),
+    ({"method": "vote", "norm": "2", "eps": 1.0}, "norm='2'"),
 ])
 def test_invalid_arguments_raise_one_line_config_errors(classifiers, kwargs, argument):
     arguments = {"method": "pgd", "eps": 0.1, **kwargs}
@@ -153,7 +161,7 @@ def test_invalid_arguments_raise_one_line_config_errors(classifiers, kwargs, arg
     message = str(error.value)
     assert "\n" not in message and f"Received: {argument}" in message
     if argument.startswith("method"):
-        assert "fgsm, bim, pgd" in message
+        assert "fgsm, bim, pgd, pgd100, vote, vote-da, rbim, autoattack, transfer" in message
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 255.0])

@@ -74,6 +74,18 @@ def test_attack_and_detect_end_to_end(tmp_path):
     assert refused.returncode == 2 and "eps must be in [0, 1]" in refused.stderr
     unknown = capsrobust("attack", "--model", "cnn-recon", "--method", "deepfool", home=tmp_path)
     assert unknown.returncode == 2 and "deepfool" in unknown.stderr and "Traceback" not in unknown.stderr
+    for args, message in ((["--method", "vote"], "vote does not apply to cnn-recon: cnn has no capsule votes"),
+                          (["--method", "transfer", "--source", "resnet"], "no trained 'resnet' on mnist")):
+        refused = capsrobust("attack", "--model", "cnn-recon", *args, home=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_transfer_without_a_source_is_one_line_and_exit_2(capsys):
+    from capsrobust.cli import main
+
+    assert main(["attack", "--method", "fgsm,transfer", "--eps", "0.1"]) == 2
+    error = capsys.readouterr().err
+    assert "needs a source model to craft on: add --source MODEL" in error and error.count("\n") == 1
 
 
 def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path):

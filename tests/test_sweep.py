@@ -7,18 +7,12 @@ import pytest
 
 from capsrobust import plots, report
 from capsrobust.detection import ReconstructionDetector, reconstruction_distances
-from capsrobust.models import model_config
 from capsrobust.sweep import ModelUnderTest, SweepConfig, run_sweep
-from capsrobust.training import TrainSettings, fit
 
 
 @pytest.fixture(scope="module")
-def trained_capsnet(tmp_path_factory):
-    from capsrobust.data import load_dataset
-
-    data = load_dataset("mnist", subset=True)
-    model = fit("capsnet-small", model_config("capsnet-small"), data, TrainSettings(epochs=2, batch_size=64),
-                tmp_path_factory.mktemp("run")).model
+def trained_capsnet(trained_small_models, mnist_subset):
+    data, model = mnist_subset, trained_small_models["capsnet-small"]
     detector = ReconstructionDetector.fit(reconstruction_distances(model, data.x_val))
     return ModelUnderTest("capsnet-small-mnist-20260101-000000-abcdef", "capsnet-small", "capsule", model, {},
                           detector), data

@@ -3,13 +3,19 @@
 import argparse
 
 from capsrobust.cli.args import add_entry_args, resolve_entry
-from capsrobust.cli.evaluate import add_attack_args, check_methods, load_under_test, run_and_report, sweep_config
+from capsrobust.cli.evaluate import (add_attack_args, check_methods, load_sources, load_under_test, run_and_report,
+                                     sweep_config)
 
-ATTACK_HELP = "attack a stored model with FGSM, BIM or PGD and report robust accuracy and detection"
+ATTACK_HELP = ("attack a stored model (FGSM, BIM, PGD, vote attack, R-BIM, AutoAttack, transfer) and report robust "
+               "accuracy and detection")
 ATTACK_EXAMPLES = """examples:
   capsrobust attack --method bim --eps 0.1                  the best stored capsnet on its own data set
   capsrobust attack --model cnn-baseline --method fgsm --eps 0.05,0.1,0.2,0.3
   capsrobust attack --method pgd --eps 0.3 --steps 100 --step-size 0.01 --random-start --limit 1000
+  capsrobust attack --method vote --eps 0.1                 Gu et al.'s vote attack on the capsule model
+  capsrobust attack --method rbim --eps 0.1                 reconstruction-aware BIM: fool and evade the detector
+  capsrobust attack --method autoattack --eps 0.3 --limit 1000
+  capsrobust attack --method transfer --source cnn-baseline --eps 0.1
 """
 DETECT_HELP = "reconstruction-error detection (DARCCC) of attacks on a stored model with a decoder"
 
@@ -30,11 +36,19 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args, need_detector: bool) -> int:
-    methods = check_methods(args.methods)
+    from attacks import get_attack_spec
+    from capsrobust.errors import ConfigError
+
+    methods = check_methods(args.methods, args)
     store, entry = resolve_entry(args)
     under_test, dataset = load_under_test(store, entry, args, need_detector=need_detector)
+    for method in methods:  # before any attack runs: a vote attack on a CNN is a mistake, not a skipped row
+        reason = get_attack_spec(method).applies(under_test.model)
+        if reason:
+            raise ConfigError(f"{method} does not apply to {entry.model}: {reason}")
+    sources = load_sources(store, args, entry.dataset) if "transfer" in methods else []
     run_and_report(args.command, [under_test], dataset, sweep_config(args, methods), args,
-                   detection=under_test.detector is not None)
+                   detection=under_test.detector is not None, sources=sources)
     return 0
 
 

@@ -3,13 +3,17 @@
 import argparse
 
 from capsrobust.cli.args import name_list
-from capsrobust.cli.evaluate import add_attack_args, check_methods, load_under_test, run_and_report, sweep_config
+from capsrobust.cli.evaluate import (add_attack_args, check_methods, load_sources, load_under_test, run_and_report,
+                                     sweep_config)
 
 HELP = "compare capsule models with CNNs: every attack and eps, robust accuracy and detection in one report"
 EXAMPLES = """examples:
   capsrobust compare mnist                                  best stored capsule model vs best stored CNN
   capsrobust compare mnist --models capsnet,cnn-baseline --eps 0.1,0.3 --limit 500
+  capsrobust compare mnist --suite strong                   every attack, transfer between the models, worst case
 """
+SUITES = {"standard": "fgsm,bim,pgd",
+          "strong": "fgsm,bim,pgd100,vote,vote-da,rbim,autoattack,transfer"}
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +22,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("dataset", help="mnist or fashion-mnist: models trained on it are compared")
     parser.add_argument("--models", type=name_list, help="model names or entry ids, comma-separated (default: the "
                                                          "best stored capsule model and the best stored CNN)")
-    add_attack_args(parser, methods_default="fgsm,bim,pgd", eps_default="0.05,0.1,0.2,0.3", limit_default=500)
+    parser.add_argument("--suite", choices=tuple(SUITES), default="standard",
+                        help="attack set when --method is not given: standard (fgsm, bim, pgd) or strong (adds "
+                             "PGD-100, vote attacks, R-BIM, AutoAttack and transfer between the compared models; "
+                             "attacks that do not apply to a model, e.g. the vote attack on a CNN, are skipped and "
+                             "listed)")
+    add_attack_args(parser, methods_default=None, eps_default="0.05,0.1,0.2,0.3", limit_default=500)
     parser.set_defaults(run=run, command="compare")
 
 
@@ -46,10 +55,14 @@ def run(args) -> int:
 
     if args.dataset not in list_datasets():
         raise ConfigError(f"unknown data set (known: {', '.join(list_datasets())}). Received: {args.dataset!r}")
-    methods = check_methods(args.methods)
+    methods = check_methods(args.methods or SUITES[args.suite], args)
     store = ModelStore(args.store)
     entries = [store.resolve(name, dataset=args.dataset) for name in args.models] if args.models \
         else default_models(store, args.dataset)
     loaded = [load_under_test(store, entry, args) for entry in entries]
-    run_and_report(args.command, [m for m, _ in loaded], loaded[0][1], sweep_config(args, methods), args)
+    under_test = [m for m, _ in loaded]
+    # Transfer between the compared models (each target from every other), plus any --source models.
+    sources = (under_test + load_sources(store, args, args.dataset)) if "transfer" in methods else []
+    run_and_report(args.command, under_test, loaded[0][1], sweep_config(args, methods, skip_inapplicable=True), args,
+                   sources=sources)
     return 0

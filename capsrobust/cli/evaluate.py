@@ -4,8 +4,20 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, new_directory,
-                                 non_negative_int, positive_float, positive_int)
+from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, name_list,
+                                 new_directory, non_negative_int, positive_float, positive_int)
+
+
+def non_negative_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 DEFAULT_LIMIT = 1000
 
@@ -14,7 +26,8 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
                     limit_default: int = DEFAULT_LIMIT) -> None:
     group = parser.add_argument_group("attack")
     group.add_argument("--method", "--methods", dest="methods", default=methods_default, metavar="NAMES",
-                       help=f"attacks, comma-separated: fgsm, bim, pgd (default {methods_default})")
+                       help="attacks, comma-separated: fgsm, bim, pgd, pgd100, vote, vote-da, rbim, autoattack, "
+                            f"transfer (default {methods_default or 'the --suite'})")
     group.add_argument("--eps", type=eps_list, default=eps_list(eps_default), metavar="E[,E...]",
                        help=f"perturbation budgets in [0, 1] (default {eps_default})")
     group.add_argument("--norm", choices=("inf", "2"), default="inf", help="L-inf (default) or L2 budget")
@@ -29,6 +42,14 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
                        help="attack loss: the model's own training loss (default) or cross-entropy on its scores")
     group.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (128)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
+    group.add_argument("--recon-weight", type=non_negative_float, metavar="W",
+                       help="weight of the reconstruction distance in rbim and vote-da (default 0.1)")
+    group.add_argument("--square-queries", dest="queries", type=positive_int, metavar="N",
+                       help="autoattack: Square's query budget (default 5000, the reference AutoAttack's)")
+    group.add_argument("--source", type=name_list, metavar="MODELS",
+                       help="transfer: the model(s) to craft on, names or store ids (compare: the other models)")
+    group.add_argument("--transfer-method", default="pgd", metavar="NAME",
+                       help="transfer: the white-box attack run on the source (default pgd)")
     group.add_argument("--no-checks", dest="trust_checks", action="store_false",
                        help="skip the trust checks (eps=1 attack, random-noise baseline)")
     group.add_argument("--output", type=directory, metavar="DIR",
@@ -38,26 +59,46 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     add_store_arg(parser)
 
 
-def sweep_config(args, methods: tuple[str, ...]):
+def sweep_config(args, methods: tuple[str, ...], skip_inapplicable: bool = False):
     from capsrobust.sweep import SweepConfig
 
     return SweepConfig(methods=methods, eps_values=args.eps, loss=args.loss, norm=args.norm,
                        step_size=args.step_size, steps=args.steps, random_start=args.random_start,
                        targeted=args.targeted, batch_size=args.batch_size, seed=args.seed,
-                       trust_checks=args.trust_checks)
+                       trust_checks=args.trust_checks, recon_weight=args.recon_weight, queries=args.queries,
+                       transfer_base=args.transfer_method, skip_inapplicable=skip_inapplicable)
 
 
-def check_methods(text: str) -> tuple[str, ...]:
-    from attacks import get_attack_spec
-
+def check_methods(text: str, args=None) -> tuple[str, ...]:
+    """The `--method` names, checked: unknown names, and a transfer without a source or with a bad base method,
+    fail with one line before anything loads."""
+    from attacks import attack_defaults, get_attack_spec
     from capsrobust.errors import ConfigError
 
     methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     if not methods:
-        raise ConfigError(f"--method needs at least one attack (fgsm, bim, pgd). Received: --method {text!r}")
+        raise ConfigError(f"--method needs at least one attack (e.g. fgsm, bim, pgd). Received: --method {text!r}")
     for method in methods:
         get_attack_spec(method)  # one-line ConfigError for an unknown name
+    if args is not None and "transfer" in methods:
+        attack_defaults("transfer", 0.1, options={"base": args.transfer_method})  # a bad base fails here
+        if not args.source and args.command != "compare":
+            raise ConfigError("a transfer attack needs a source model to craft on: add --source MODEL "
+                              "(e.g. --source cnn-baseline). Received: source=None")
     return methods
+
+
+def load_sources(store, args, dataset_name: str, exclude: list | None = None) -> list:
+    """The transfer sources named by `--source` (best stored entry of each name, on the target's data set)."""
+    from capsrobust.sweep import ModelUnderTest
+
+    sources = []
+    for name in args.source or ():
+        entry = store.resolve(name, dataset=dataset_name)
+        model = store.load(entry)
+        family = entry.card.get("family", "cnn" if model.score_kind == "logits" else "capsule")
+        sources.append(ModelUnderTest(entry.id, entry.model, family, model, entry.card))
+    return sources
 
 
 def load_under_test(store, entry, args, need_detector: bool = False):
@@ -84,7 +125,8 @@ def load_under_test(store, entry, args, need_detector: bool = False):
     return ModelUnderTest(entry.id, entry.model, family, model, entry.card, detector), dataset
 
 
-def run_and_report(command: str, under_test: list, dataset, config, args, detection: bool = True) -> Path:
+def run_and_report(command: str, under_test: list, dataset, config, args, detection: bool = True,
+                   sources: list | None = None) -> Path:
     """Runs the sweep with a progress bar, prints the tables, writes JSON, CSV and figures; returns the directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -99,14 +141,15 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     try:
         with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as progress:
-            result = run_sweep(under_test, config, images, labels, progress=progress)
+            result = run_sweep(under_test, config, images, labels, progress=progress, sources=sources)
     except BaseException:
         with contextlib.suppress(OSError):
             out_dir.rmdir()  # only if still empty
         raise
     metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
-                           for m in under_test}}
+                           for m in under_test},
+                "transfer_sources": {m.id: {"card": m.card} for m in sources or []}}
     try:
         report.write_results(result, out_dir, metadata)
         plots.write_figures(result, out_dir)
@@ -116,6 +159,10 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
         raise CapsrobustError(f"cannot write results to {out_dir}: {error.strerror}") from None
     title = f"{command}: {len(images)} {dataset.name} test images ({dataset.source}), {result.seconds:.0f}s"
     console.print(report.results_table(result, title, detection=detection))
+    console.print(report.worst_case_table(result, detection=detection))
+    transfers = report.transfer_table(result)
+    if transfers is not None:
+        console.print(transfers)
     console.print(report.describe_attacks(result), highlight=False)
     if result.checks:
         console.print(report.checks_table(result))

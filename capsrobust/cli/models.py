@@ -1,6 +1,5 @@
 """`capsrobust models`: the model registry and the trained-model store."""
 
-import argparse
 
 from capsrobust.cli.args import add_store_arg
 

@@ -165,19 +165,30 @@ class ClassMatrixCapsules(_RoutedCapsules):
         self._coordinates = offsets.reshape(1, height * width, 1, 1, POSE * POSE)
         self._build_betas()
 
-    def call(self, inputs):
+    def votes(self, inputs):
+        """What EM routing receives: `(votes, child activations)`, shapes `(batch, H * W * in_types, types, 16)`
+        (coordinate addition included) and `(batch, H * W * in_types)`."""
         poses, activations = inputs
         height, width = poses.shape[1], poses.shape[2]
         child_poses = ops.reshape(poses, (-1, height, width, self.in_types, POSE, POSE))
         votes = ops.einsum("bhwtxy,tjyz->bhwtjxz", child_poses, self.transforms)
         votes = ops.reshape(votes, (-1, height * width, self.in_types, self.types, POSE * POSE))
-        votes = ops.reshape(votes + self._coordinates, (-1, 1, height * width * self.in_types, self.types,
-                                                        POSE * POSE))
-        child_activations = ops.reshape(activations, (-1, 1, height * width * self.in_types))
-        means, parent_activations, _ = em_routing(votes, child_activations, self.beta_u, self.beta_a,
-                                                  self.iterations, self.temperatures,
+        votes = ops.reshape(votes + self._coordinates, (-1, height * width * self.in_types, self.types, POSE * POSE))
+        return votes, ops.reshape(activations, (-1, height * width * self.in_types))
+
+    def route(self, votes, child_activations, iterations: int | None = None):
+        """EM routing of `votes()`'s output to the classes: `(poses (batch, types, 16), activations (batch, types))`.
+
+        `iterations` overrides the layer's count (1: a single M-step on uniform assignments, no E-step); the inverse
+        temperature schedule keeps its (first, last) ends.
+        """
+        means, parent_activations, _ = em_routing(votes[:, None], child_activations[:, None], self.beta_u,
+                                                  self.beta_a, iterations or self.iterations, self.temperatures,
                                                   normalize_cost=self.normalize_cost, stop_gradient=self.stop_gradient)
         return means[:, 0], parent_activations[:, 0]
+
+    def call(self, inputs):
+        return self.route(*self.votes(inputs))
 
 
 def receptive_field_centres(image_shape, layers) -> np.ndarray:

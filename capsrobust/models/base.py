@@ -42,6 +42,7 @@ class CapsrobustModel(keras.Model):
     """
 
     score_kind: ClassVar[str]
+    supports_votes: ClassVar[bool] = False  # capsule models: `votes` and `vote_scores` (the vote attack's target)
 
     def __init__(self, image_shape, num_classes: int, decoder_units=None, recon_weight: float = 0.0005, **kwargs):
         super().__init__(**kwargs)
@@ -63,6 +64,11 @@ class CapsrobustModel(keras.Model):
     def classification_loss(self, labels, scores):
         """Per-example classification loss `(batch_size,)` from one-hot labels and scores."""
         raise NotImplementedError
+
+    def vote_scores(self, images):
+        """Class scores `(batch_size, num_classes)` from the class capsules' votes with routing skipped (Gu et al.
+        2021); only models with `supports_votes`. Scored like `"scores"`, so the model's attack losses apply."""
+        raise NotImplementedError(f"{self.name} has no capsule votes")
 
     def call(self, inputs, training=None):
         images, labels = split_inputs(inputs)

@@ -1,11 +1,13 @@
 """CapsNet with dynamic routing (Sabour, Frosst & Hinton 2017)."""
 
 import keras
+from keras import ops
 
 from capsrobust.layers import PrimaryCapsules, RoutingCapsules, capsule_lengths
 from capsrobust.losses import margin_loss
 from capsrobust.models.base import CapsrobustModel
 from capsrobust.models.registry import register_model, register_variant
+from capsrobust.ops import squash
 
 
 class CapsNet(CapsrobustModel):
@@ -17,6 +19,7 @@ class CapsNet(CapsrobustModel):
     """
 
     score_kind = "lengths"
+    supports_votes = True
 
     def __init__(self, *, image_shape, num_classes, conv_channels, conv_kernel, primary_types, primary_dim,
                  primary_kernel, primary_strides, capsule_dim, routings, routing_stop_gradient, reconstruction,
@@ -33,6 +36,15 @@ class CapsNet(CapsrobustModel):
     def classify(self, images, training=None):
         poses = self.class_capsules(self.primary_capsules(self.conv(images)))
         return capsule_lengths(poses), poses
+
+    def votes(self, images):
+        """The class capsules' votes `u_hat_j|i`, `(batch_size, num_children, num_classes, capsule_dim)`."""
+        return self.class_capsules.votes(self.primary_capsules(self.conv(images)))
+
+    def vote_scores(self, images):
+        """Lengths of `squash(mean_i u_hat_j|i)`, `(batch_size, num_classes)`: the class capsules with routing
+        replaced by the plain average of the votes, as Gu et al. (2021, section 4) attack them."""
+        return capsule_lengths(squash(ops.mean(self.votes(images), axis=1)))
 
     def classification_loss(self, labels, scores):
         m_plus, m_minus, down_weight = self.margins

@@ -25,6 +25,7 @@ class EMCapsNet(CapsrobustModel):
     """
 
     score_kind = "activations"
+    supports_votes = True
 
     def __init__(self, *, image_shape, num_classes, conv_channels, primary_types, conv_types, conv_kernels,
                  conv_strides, em_iterations, inverse_temperature, normalize_cost, routing_stop_gradient, standardize,
@@ -47,14 +48,35 @@ class EMCapsNet(CapsrobustModel):
         self.spread_margin = self.add_weight(shape=(), initializer=keras.initializers.Constant(margin_start),
                                              trainable=False, name="spread_margin")
 
-    def classify(self, images, training=None):
+    def _last_capsules(self, images):
         if self.standardize is not None:
             images = self.standardize(images)
         capsules = self.primary_capsules(self.conv(images))
         for layer in self.conv_capsules:
             capsules = layer(capsules)
-        poses, activations = self.class_capsules(capsules)
+        return capsules
+
+    def classify(self, images, training=None):
+        poses, activations = self.class_capsules(self._last_capsules(images))
         return activations, poses
+
+    def votes(self, images):
+        """The class capsules' votes and the activations of the capsules casting them: `(votes (batch_size,
+        num_children, num_classes, 16), child activations (batch_size, num_children))`."""
+        return self.class_capsules.votes(self._last_capsules(images))
+
+    def vote_scores(self, images):
+        """Class activations `(batch_size, num_classes)` from the votes with routing skipped.
+
+        Our extension of Gu et al. (2021) to EM routing, where the mean of the poses is not a score: one M-step on
+        uniform assignments and no E-step, i.e. each class's Gaussian is fitted to all its votes weighted by the
+        child activations (the activation-weighted mean vote and its spread), and its activation
+        `logistic(lambda (beta_a - cost))` is computed exactly as the model's own (Hinton et al. 2018, Procedure 1),
+        at the last inverse temperature. Only the class-capsule routing is skipped; the convolutional capsule layers
+        below route as usual.
+        """
+        _, activations = self.class_capsules.route(*self.votes(images), iterations=1)
+        return activations
 
     def classification_loss(self, labels, scores):
         return spread_loss(labels, scores, ops.cast(self.spread_margin, scores.dtype))

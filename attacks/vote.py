@@ -1,0 +1,78 @@
+"""The vote attack of Gu, Wu & Tresp (ICLR 2021, "Effective and efficient vote attack on capsule networks").
+
+Routing makes a capsule network's gradient poor: the coupling coefficients depend on the input, and attacks through
+several routing iterations are weaker and slower. Gu et al. attack the votes instead: with routing skipped, every
+child's vote counts equally, so the class capsules become `squash(mean_i u_hat_j|i)` and the attack climbs the
+classification loss of their lengths (`CapsNet.vote_scores`). For EM capsules, where the mean pose is not a score,
+`EMCapsNet.vote_scores` takes one M-step on uniform assignments and scores the classes as the model does (see there).
+
+Protocol: PGD under an L-inf budget (Gu et al. run the vote loss inside PGD); our defaults are Madry et al.'s MNIST
+PGD, 40 steps of 0.01 from a uniform random start. Success is judged on the real model (with routing), and an image
+stops moving once the real model misclassifies it (early stopping, as AutoAttack does).
+
+The detection-aware variant (`vote-da`; Gu et al., section 5, after Qin et al. 2020) also keeps the reconstruction
+error low, so the DARCCC detector does not flag the result: it climbs
+`loss(vote_scores(x'), y) - recon_weight * ||x' - reconstruction(x')||_2`, the reconstruction being the real model's
+from the predicted class, as the detector computes it. It runs every step (no early stop: a later step can still
+lower the distance).
+"""
+
+import numpy as np
+
+from attacks.factories import AttackParams
+from attacks.iterative import ObjectiveAttack, misclassified_by
+from attacks.rbim import reconstruction_distance
+from capsrobust.art_bridge import input_gradient
+from capsrobust.errors import ConfigError
+
+
+def vote_objective(model, loss, recon_weight: float = 0.0, targeted: bool = False):
+    """The per-example objective of the vote attack, `(images, one_hot_labels) -> (batch_size,)`, to be raised.
+
+    Args:
+        model: a capsule model with `supports_votes` (CapsNet, EM capsules).
+        loss: `(one_hot_labels, scores) -> (batch_size,)`, e.g. the model's margin loss.
+        recon_weight: weight of the reconstruction distance subtracted (0: the plain vote attack).
+        targeted: lower the loss of the target labels instead of raising the true labels' loss.
+    """
+    def objective(images, labels):
+        value = loss(labels, model.vote_scores(images))
+        value = -value if targeted else value
+        if recon_weight:
+            value = value - recon_weight * reconstruction_distance(model, images)
+        return value
+    return objective
+
+
+class VoteAttack(ObjectiveAttack):
+    """The vote attack (and, with `recon_weight > 0`, its detection-aware variant) as an ART `EvasionAttack`.
+
+    Args:
+        classifier: an `ArtClassifier` of a capsule model (`capsrobust.art_bridge.to_art_classifier`); its attack
+            loss (`loss_name`) is the loss the votes are scored with.
+        params: `AttackParams` with `options["recon_weight"]`.
+
+    Raises:
+        ConfigError: the model has no capsule votes (a CNN), or `recon_weight > 0` without a decoder.
+    """
+
+    def __init__(self, classifier, params: AttackParams):
+        model = classifier.source_model
+        if not getattr(model, "supports_votes", False):
+            raise ConfigError(f"the vote attack needs a capsule model (capsnet, em-capsnet); {model.name} has no "
+                              f"capsule votes. Received: model={model.name!r}")
+        weight = float(params.options.get("recon_weight", 0.0))
+        if weight and not model.has_decoder:
+            raise ConfigError(f"the detection-aware vote attack needs a decoder; {model.name} has none. "
+                              f"Received: recon_weight={weight!r}")
+        objective = vote_objective(model, classifier.per_example_loss, weight, params.targeted)
+        gradient = input_gradient(objective, model.image_shape, model.num_classes)
+        super().__init__(classifier, params, gradient,
+                         done=None if weight else misclassified_by(classifier, params.targeted))
+
+
+def vote_accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> float:
+    """Accuracy of the routing-free vote scores on `images` `(n, h, w, c)` with integer `labels` `(n,)`."""
+    predictions = np.concatenate([np.asarray(model.vote_scores(images[i:i + batch_size])).argmax(-1)
+                                  for i in range(0, len(images), batch_size)])
+    return float(np.mean(predictions == labels))

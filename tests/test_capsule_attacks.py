@@ -1,0 +1,165 @@
+"""The vote attack, R-BIM, AutoAttack and transfer: budgets, strength against BIM, determinism, the sweep's columns."""
+
+import numpy as np
+import pytest
+
+from attacks import make_attack
+from attacks.rbim import reconstruction_distance
+from capsrobust.art_bridge import to_art_classifier
+from capsrobust.errors import ConfigError
+from capsrobust.models import create_model
+from capsrobust.ops import squash
+from capsrobust.sweep import ModelUnderTest, SweepConfig, run_sweep
+
+EPS = 0.1
+NUM_ATTACKED = 32
+TOLERANCE = 2 / NUM_ATTACKED  # accuracy a new attack may trail BIM by (2 images)
+# AutoAttack's budget in these tests (its defaults, 100 APGD iterations and 5,000 Square queries, cost minutes here).
+APGD_STEPS, QUERIES = 10, 20
+
+
+@pytest.fixture(scope="module")
+def capsule(trained_small_models, mnist_subset):
+    """capsnet-small's classifier and `NUM_ATTACKED` test images it classifies correctly, with their labels."""
+    classifier = to_art_classifier(trained_small_models["capsnet-small"])
+    images, labels = mnist_subset.x_test[:80], mnist_subset.y_test[:80]
+    correct = classifier.predict(images).argmax(axis=1) == labels
+    assert correct.sum() >= NUM_ATTACKED, "capsnet-small is too inaccurate to test attacks on"
+    return classifier, images[correct][:NUM_ATTACKED], labels[correct][:NUM_ATTACKED]
+
+
+def _budget(method: str) -> dict:
+    return {"steps": APGD_STEPS, "options": {"queries": QUERIES}} if method == "autoattack" else {}
+
+
+@pytest.fixture(scope="module")
+def adversarial(capsule):
+    """Adversarial images at eps 0.1 from BIM and each new white-box attack, seed 0."""
+    classifier, images, labels = capsule
+    return {method: make_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images, labels)
+            for method in ("bim", "vote", "vote-da", "rbim", "autoattack")}
+
+
+def _accuracy(classifier, images, labels) -> float:
+    return float(np.mean(classifier.predict(images).argmax(axis=1) == labels))
+
+
+@pytest.mark.parametrize("method", ["vote", "vote-da", "rbim", "autoattack"])
+def test_new_attacks_stay_in_the_eps_ball_and_the_unit_range(capsule, adversarial, method):
+    images = capsule[1]
+    result = adversarial[method]
+    assert result.shape == images.shape and result.dtype == np.float32
+    assert np.abs(result - images).max() <= EPS + 1e-6
+    assert result.min() >= 0.0 and result.max() <= 1.0
+
+
+@pytest.mark.parametrize("method", ["vote", "autoattack"])
+def test_vote_attack_and_autoattack_are_at_least_as_strong_as_bim(capsule, adversarial, method):
+    classifier, _, labels = capsule
+    bim = _accuracy(classifier, adversarial["bim"], labels)
+    assert bim < 1.0  # BIM does something at this budget, so the comparison means something
+    assert _accuracy(classifier, adversarial[method], labels) <= bim + TOLERANCE
+
+
+def test_rbim_with_weight_zero_is_as_strong_as_bim_and_its_penalty_lowers_the_reconstruction_error(capsule,
+                                                                                                   adversarial):
+    classifier, images, labels = capsule
+    model = classifier.source_model
+    plain = make_attack("rbim", classifier, EPS, options={"recon_weight": 0.0}).generate(images, labels)
+    assert _accuracy(classifier, plain, labels) <= _accuracy(classifier, adversarial["bim"], labels) + TOLERANCE
+    distance = {name: float(np.mean(reconstruction_distance(model, result))) for name, result in
+                (("bim", adversarial["bim"]), ("rbim", adversarial["rbim"]), ("plain", plain))}
+    assert distance["rbim"] < distance["plain"] and distance["rbim"] < distance["bim"], distance
+
+
+@pytest.mark.parametrize("method", ["vote", "rbim", "autoattack"])
+def test_new_attacks_are_deterministic_for_a_seed(capsule, adversarial, method):
+    classifier, images, labels = capsule
+    np.random.seed(5)
+    state = np.random.get_state()[1].copy()
+    rows = slice(0, 8)  # the same seed on the first 8 images must give the fixture's first 8 results
+    again = make_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images[rows], labels[rows])
+    np.testing.assert_array_equal(again, adversarial[method][rows])
+    assert np.array_equal(np.random.get_state()[1], state)  # numpy's global generator is left as it was
+
+
+def test_the_vote_attacks_random_start_follows_the_seed(capsule):
+    classifier, images, labels = capsule
+    first, other = (make_attack("vote", classifier, EPS, steps=2, seed=seed).generate(images[:8], labels[:8])
+                    for seed in (1, 2))
+    assert not np.array_equal(first, other)
+
+
+def test_autoattack_says_which_members_ran(capsule):
+    classifier, images, labels = capsule
+    attack = make_attack("autoattack", classifier, 0.05, seed=0, **_budget("autoattack"))
+    result = attack.generate(images[:8], labels[:8])
+    run = attack.record()["last_run"]
+    assert list(run["members"]) == ["apgd-ce", "apgd-dlr", "square"]
+    assert run["members"]["apgd-ce"]["ran"]
+    fooled = sum(member["fooled"] for member in run["members"].values())
+    assert fooled + run["survived"] == 8
+    assert fooled == np.sum(classifier.predict(result).argmax(axis=1) != labels[:8])
+    assert "square (20 queries, p_init 0.8, 1 restart)" in attack.record()["members"]
+
+
+def test_vote_scores_are_the_squashed_mean_vote_and_the_em_one_step_activation():
+    images = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    capsnet = create_model("capsnet-small")
+    votes = np.asarray(capsnet.votes(images))  # (3, children, 10, 16)
+    mean_vote = np.asarray(squash(votes.mean(axis=1)))  # lengths are safe norms: sqrt(|v|^2 + 1e-7)
+    expected = np.sqrt(np.sum(mean_vote ** 2, axis=-1) + 1e-7)
+    np.testing.assert_allclose(np.asarray(capsnet.vote_scores(images)), expected, rtol=1e-4, atol=1e-6)
+    # With one EM iteration the model's own routing is exactly "uniform assignments, one M-step": the vote scores
+    # must then be the model's scores; with three iterations they differ.
+    one = create_model("em-capsnet-small", em_iterations=1)
+    np.testing.assert_allclose(np.asarray(one.vote_scores(images)), np.asarray(one(images)["scores"]), rtol=1e-5)
+    three = create_model("em-capsnet-small", em_iterations=3)
+    assert not np.allclose(np.asarray(three.vote_scores(images)), np.asarray(three(images)["scores"]))
+
+
+def test_vote_attack_and_rbim_refuse_models_without_votes_or_a_decoder(trained_small_models):
+    cnn = to_art_classifier(trained_small_models["cnn-small"])
+    with pytest.raises(ConfigError, match="vote does not apply.*no capsule votes"):
+        make_attack("vote", cnn, EPS)
+    with pytest.raises(ConfigError, match="rbim does not apply.*no reconstruction decoder"):
+        make_attack("rbim", cnn, EPS)
+
+
+def test_transfer_crafts_on_the_source(capsule, trained_small_models):
+    _, images, labels = capsule
+    source = to_art_classifier(trained_small_models["cnn-small"])
+    transfer = make_attack("transfer", source, EPS, steps=5, seed=3, options={"source": "cnn-small"})
+    expected = make_attack("pgd", source, EPS, steps=5, seed=3).generate(images[:8], labels[:8])
+    np.testing.assert_array_equal(transfer.generate(images[:8], labels[:8]), expected)
+    assert transfer.record()["source"] == "cnn-small" and transfer.record()["base"] == "pgd"
+
+
+def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(trained_small_models, mnist_subset):
+    capsnet = ModelUnderTest("capsnet-small-mnist-20260101-000000-abcdef", "capsnet-small", "capsule",
+                             trained_small_models["capsnet-small"], {})
+    cnn = ModelUnderTest("cnn-small-mnist-20260101-000000-123456", "cnn-small", "cnn",
+                         trained_small_models["cnn-small"], {})
+    config = SweepConfig(methods=("fgsm", "vote", "transfer"), eps_values=(0.1, 0.2), steps=5, examples=2,
+                         skip_inapplicable=True)
+    images, labels = mnist_subset.x_test[:40], mnist_subset.y_test[:40]
+    result = run_sweep([capsnet, cnn], config, images, labels, sources=[capsnet, cnn])
+    attacks = {(c["model"], c["attack"]) for c in result.cells}
+    assert attacks == {("capsnet-small", "fgsm"), ("capsnet-small", "vote"), ("capsnet-small", "pgd"),
+                       ("capsnet-small", "transfer(cnn-small)"), ("cnn-small", "fgsm"), ("cnn-small", "pgd"),
+                       ("cnn-small", "transfer(capsnet-small)")}  # pgd: transfer's base, run white-box beside it
+    assert result.skipped == [{"model_id": cnn.id, "attack": "vote", "reason": result.skipped[0]["reason"]}]
+    for cell in (c for c in result.cells if c.get("transfer_source")):
+        whitebox = next(c for c in result.cells if c["model_id"] == cell["model_id"] and c["attack"] == "pgd"
+                        and c["eps"] == cell["eps"])
+        assert cell["whitebox_accuracy"] == whitebox["adversarial_accuracy"]
+        assert 0 <= cell["source_accuracy"] <= cell["clean_accuracy"]
+        assert cell["linf_max"] <= cell["eps"] + 1e-6
+    assert {"white-box >= transfer"} <= {c["check"] for c in result.checks}
+    assert len(result.worst_case) == 4
+    for row in result.worst_case:
+        own = [c["adversarial_accuracy"] for c in result.cells
+               if c["model_id"] == row["model_id"] and c["eps"] == row["eps"]]
+        assert row["worst_case_accuracy"] <= min(own) + 1e-9 and row["strongest_accuracy"] == min(own)
+    with pytest.raises(ConfigError, match="vote does not apply to cnn-small"):
+        run_sweep([cnn], SweepConfig(methods=("vote",), eps_values=(0.1,)), images, labels)
