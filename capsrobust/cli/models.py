@@ -1,6 +1,5 @@
 """`capsrobust models`: the model registry and the trained-model store."""
 
-
 from capsrobust.cli.args import add_store_arg
 
 HELP = "list the registered models and the trained models in the store"
