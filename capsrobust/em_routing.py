@@ -70,6 +70,26 @@ def initial_assignments(num_parents: int, child_ids: np.ndarray | None, num_chil
     return (1.0 / (num_parents * parent_positions)).reshape(positions, children, 1).astype("float32")
 
 
+def activation_logits(log_sigmas, mass, beta_u, beta_a, inverse_temperature: float, normalize_cost: bool):
+    """The M-step's `lambda (beta_a - sum_h cost_h)`, with `cost_h = (beta_u + log sigma_h) sum_i R_ij`.
+
+    Args:
+        log_sigmas: `(batch, positions, parents, pose_size)`.
+        mass: `sum_i R_ij a_i`, `(batch, positions, parents)`.
+        beta_u, beta_a: `(parents,)`.
+        inverse_temperature: `lambda`.
+        normalize_cost: standardise the cost over the parents at each position first (see `em_routing`).
+
+    Returns:
+        The logits of the parents' activations, `(batch, positions, parents)`.
+    """
+    cost = ops.sum(ops.expand_dims(beta_u, -1) + log_sigmas, axis=-1) * mass
+    if normalize_cost:
+        centred = cost - ops.mean(cost, axis=-1, keepdims=True)
+        cost = centred / ops.sqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + 1e-6)
+    return inverse_temperature * (beta_a - cost)
+
+
 def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperatures: tuple[float, float] = (1.0, 1.0),
                child_ids: np.ndarray | None = None, num_children: int | None = None, normalize_cost: bool = False,
                stop_gradient: bool = False):
@@ -121,11 +141,7 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
         # (float32 rounding of ~1e-7 * mu^2) for votes of size below ~10.
         variances = ops.relu(second_moments - ops.square(means)) + VARIANCE_FLOOR
         log_sigmas = 0.5 * ops.log(variances)
-        cost = ops.sum(ops.expand_dims(beta_u, -1) + log_sigmas, axis=-1) * mass  # sum_h cost_h, (b, P, J)
-        if normalize_cost:
-            centred = cost - ops.mean(cost, axis=-1, keepdims=True)
-            cost = centred / ops.sqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + 1e-6)
-        logits = inverse_temperature * (beta_a - cost)
+        logits = activation_logits(log_sigmas, mass, beta_u, beta_a, inverse_temperature, normalize_cost)
         parent_activations = ops.sigmoid(logits)
         if iteration == len(lambdas) - 1:
             break  # the last E-step would only update assignments that nothing reads

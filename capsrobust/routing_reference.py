@@ -17,7 +17,8 @@ import math
 import numpy as np
 from keras import ops
 
-from capsrobust.em_routing import VARIANCE_FLOOR, initial_assignments, inverse_temperatures, normalise_over_parents
+from capsrobust.em_routing import (VARIANCE_FLOOR, activation_logits, initial_assignments, inverse_temperatures,
+                                   normalise_over_parents)
 from capsrobust.ops import squash
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -74,11 +75,7 @@ def plain_em_routing(votes, activations, beta_u, beta_a, iterations: int = 3,
         squared = ops.square(deviations)
         variances = ops.sum(weights * squared, axis=2) / ops.expand_dims(mass, -1) + VARIANCE_FLOOR
         log_sigmas = 0.5 * ops.log(variances)
-        cost = ops.sum(ops.expand_dims(beta_u, -1) + log_sigmas, axis=-1) * mass
-        if normalize_cost:
-            centred = cost - ops.mean(cost, axis=-1, keepdims=True)
-            cost = centred / ops.sqrt(ops.mean(ops.square(centred), axis=-1, keepdims=True) + 1e-6)
-        logits = inverse_temperature * (beta_a - cost)
+        logits = activation_logits(log_sigmas, mass, beta_u, beta_a, inverse_temperature, normalize_cost)
         parent_activations = ops.sigmoid(logits)
         if iteration == len(lambdas) - 1:
             break
