@@ -125,8 +125,8 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
                                    (ops.shape(votes)[0], positions, parents, children))  # (b, P, J, I)
     # Each parent's first and second moments are products of the weights with V and V^2, and each vote's squared
     # Mahalanobis distance is V^2 . 1/(2 var) - V . mu/var + const: batched matrix-vector products over the votes, so
-    # nothing of the votes' size is formed per iteration. The plain formulation (`routing_reference`) forms several such
-    # tensors per iteration and keeps them all for the backward pass.
+    # the forward pass forms nothing of the votes' size per iteration. The plain formulation (`routing_reference`)
+    # forms several such tensors per iteration and keeps them all for the backward pass.
     by_parent = ops.transpose(votes, (0, 1, 3, 2, 4))  # (b, P, J, I, H)
     squares = ops.square(by_parent)
     child_activations = ops.expand_dims(activations, 2)  # (b, P, 1, I)
