@@ -273,7 +273,8 @@ class ModelStore:
                 if entry.problem:
                     raise StoreError(f"store entry {name} is broken: {entry.problem}")
                 return entry
-        candidates = [e for e in entries if not e.problem and e.model == name and (dataset is None or e.dataset == dataset)]
+        candidates = [e for e in entries
+                      if not e.problem and e.model == name and (dataset is None or e.dataset == dataset)]
         if not candidates:
             on = f" on {dataset}" if dataset else ""
             raise StoreError(f"no trained {name!r}{on} in {self.models_dir}; train one with "

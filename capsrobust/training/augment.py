@@ -80,7 +80,8 @@ class ShiftedBatches(keras.utils.PyDataset):
 
     def _order(self) -> np.ndarray:
         if self._order_cache[0] != self.epoch:
-            self._order_cache = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images)))
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+            self._order_cache = (self.epoch, order)
         return self._order_cache[1]
 
     def __getitem__(self, index: int):
