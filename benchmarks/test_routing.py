@@ -73,7 +73,8 @@ def _em_layers() -> dict:
             shapes[f"{model_name} {layer.name}"] = (positions, len(layer.child_ids) // positions, layer.types,
                                                     layer.child_ids, layer.num_children)
         head = model.class_capsules
-        shapes[f"{model_name} class_capsules"] = (1, 9 * head.in_types, head.types, None, None)
+        grid = head.centres.shape[0] * head.centres.shape[1]  # input positions
+        shapes[f"{model_name} class_capsules"] = (1, grid * head.in_types, head.types, None, None)
     return shapes
 
 

@@ -5,19 +5,7 @@ import contextlib
 from pathlib import Path
 
 from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, name_list,
-                                 new_directory, non_negative_int, positive_float, positive_int)
-
-
-def non_negative_float(text: str) -> float:
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+                                 new_directory, non_negative_float, non_negative_int, positive_float, positive_int)
 
 DEFAULT_LIMIT = 1000
 
