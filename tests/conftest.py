@@ -1,4 +1,11 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +33,24 @@ def trained_small_models(mnist_subset, tmp_path_factory):
     settings = TrainSettings(epochs=2, batch_size=64)
     return {name: fit(name, model_config(name), mnist_subset, settings, tmp_path_factory.mktemp(name)).model
             for name in ("capsnet-small", "cnn-small")}
+
+
+@pytest.fixture
+def run_under_backend():
+    """`run(backend, script, timeout=300) -> stdout`: runs Python `script` in a subprocess under that Keras backend.
+
+    The subprocess imports this checkout's package and inherits the test's isolated environment. The test is skipped
+    when the backend's framework is not installed (CI installs the CPU builds of all three) and fails, showing the
+    subprocess's stderr, when the script exits non-zero.
+    """
+    from capsrobust.backend import backend_environment, is_installed
+
+    def run(backend: str, script: str, timeout: float = 300) -> str:
+        if not is_installed(backend):
+            pytest.skip(f"the {backend} backend is not installed")
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout, env=backend_environment(backend, PYTHONPATH=str(ROOT)))
+        assert done.returncode == 0, f"{backend} subprocess failed:\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    return run

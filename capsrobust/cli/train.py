@@ -170,6 +170,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     import keras
     from rich.table import Table
 
+    from capsrobust.backend import devices
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
     from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
@@ -199,7 +200,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         "metrics": {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
                     "test_images": len(dataset.x_test)},
         "detector": detector,
-        "backend": keras.backend.backend(), "devices": _devices(), "versions": library_versions(),
+        "backend": keras.backend.backend(), "devices": devices(), "versions": library_versions(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     try:
@@ -222,17 +223,3 @@ def _family(model_name: str) -> str:
     from capsrobust.models import get_model_spec
 
     return get_model_spec(model_name).family
-
-
-def _devices() -> list[str]:
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return [d.name for d in tf.config.list_logical_devices()]
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return [str(d) for d in jax.devices()]
-    return []
