@@ -13,6 +13,10 @@ This is not the reference "standard" AutoAttack (fra31/auto-attack): that runs A
 *targeted* APGD-DLR over 9 target classes, targeted FAB over 9 targets and Square with 5,000 queries. ART's ensemble
 defaults differ again (5 restarts per APGD, DeepFool, Square with 5 restarts). Numbers from this attack are
 therefore not the RobustBench / AutoAttack leaderboard's; reports name the members and budgets that ran.
+
+Each APGD member gets its own bridge classifier climbing its loss (`ce`, `dlr`: `capsrobust.art_bridge.LOSSES`)
+instead of ART's `loss_type`, which rebuilds a stock TensorFlow or PyTorch estimator (unbatched, eager) and has no
+JAX version: this way APGD runs batched and compiled on every backend, with the same losses.
 """
 
 import numpy as np
@@ -21,6 +25,7 @@ from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
 from art.attacks.evasion.auto_attack import run_attack
 
 from attacks.factories import AttackParams, params_record, validate_inputs
+from capsrobust.art_bridge import with_loss
 from capsrobust.errors import ConfigError
 
 MEMBERS = ("apgd-ce", "apgd-dlr", "square")
@@ -109,8 +114,8 @@ def build_autoattack(classifier, params: AttackParams) -> AutoAttackEnsemble:
     queries = int(params.options["queries"])
     budget = f"{params.steps} iterations, 1 restart, initial step {params.step_size:g}"
     members = [
-        ("apgd-ce", AutoProjectedGradientDescent(classifier, loss_type="cross_entropy", **apgd), budget),
-        ("apgd-dlr", AutoProjectedGradientDescent(classifier, loss_type="difference_logits_ratio", **apgd), budget),
+        ("apgd-ce", AutoProjectedGradientDescent(with_loss(classifier, "ce"), loss_type=None, **apgd), budget),
+        ("apgd-dlr", AutoProjectedGradientDescent(with_loss(classifier, "dlr"), loss_type=None, **apgd), budget),
         ("square", SquareAttack(classifier, max_iter=queries, p_init=SQUARE_P_INIT, nb_restarts=1, **common),
          f"{queries} queries, p_init {SQUARE_P_INIT}, 1 restart"),
     ]

@@ -49,7 +49,7 @@ class ReconstructionAwareBIM(ObjectiveAttack):
     """R-BIM as an ART `EvasionAttack`.
 
     Args:
-        classifier: an `ArtClassifier` of a model with a decoder; its attack loss is the classification term.
+        classifier: an ART bridge classifier of a model with a decoder; its attack loss is the classification term.
         params: `AttackParams` with `options["recon_weight"]`.
 
     Raises:

@@ -48,7 +48,7 @@ class VoteAttack(ObjectiveAttack):
     """The vote attack (and, with `recon_weight > 0`, its detection-aware variant) as an ART `EvasionAttack`.
 
     Args:
-        classifier: an `ArtClassifier` of a capsule model (`capsrobust.art_bridge.to_art_classifier`); its attack
+        classifier: an ART bridge classifier of a capsule model (`capsrobust.art_bridge.to_art_classifier`); its attack
             loss (`loss_name`) is the loss the votes are scored with.
         params: `AttackParams` with `options["recon_weight"]`.
 

@@ -3,7 +3,7 @@
     pytest benchmarks/test_attack_throughput.py --benchmark-only
 
 FGSM and BIM-10 (eps 0.1, 10 steps of 0.01) on 128 test images, batch 128. The stock classifier differentiates the
-same per-example attack loss, eagerly, the way ART 1.20 does for any Keras model; the bridge (`ArtClassifier`) runs a
+same per-example attack loss, eagerly, the way ART 1.20 does for any Keras model; the bridge (`TensorFlowBridge`) runs a
 compiled `tf.function` per batch. Untrained weights: the time per step does not depend on them.
 """
 

@@ -53,6 +53,29 @@ def softmax_cross_entropy(labels, logits):
     return ops.categorical_crossentropy(ops.cast(labels, logits.dtype), logits, from_logits=True)
 
 
+def difference_of_logits_ratio(labels, logits):
+    """Croce & Hein's (2020) DLR loss: `-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`, what APGD-DLR climbs.
+
+    `z_pi1 >= z_pi2 >= z_pi3` are the three largest scores. The ratio is unchanged when the scores are shifted or
+    scaled, so it suits capsule lengths in [0, 1) as well as logits. The 1e-12 keeps a three-way tie finite (as the
+    reference implementation does).
+
+    Args:
+        labels: `(batch_size, num_classes)` one-hot; `num_classes >= 3`.
+        logits: `(batch_size, num_classes)` scores.
+
+    Returns:
+        `(batch_size,)` losses, positive once an image is misclassified.
+    """
+    labels = ops.cast(labels, logits.dtype)
+    true_score = ops.sum(labels * logits, axis=-1)
+    # The true class's score replaced by one below every score, so the maximum is over the other classes.
+    below_all = ops.min(logits, axis=-1, keepdims=True) - 1.0
+    best_other = ops.max(ops.where(labels > 0.5, below_all, logits), axis=-1)
+    top, _ = ops.top_k(logits, k=3)
+    return -(true_score - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
+
+
 def spread_loss(labels, activations, margin):
     """Spread loss of Hinton, Sabour & Frosst (2018), eq. 3: `sum_{i != t} max(0, m - (a_t - a_i))^2`.
 

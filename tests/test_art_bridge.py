@@ -5,9 +5,8 @@ import pytest
 import tensorflow as tf
 from art.estimators.classification import TensorFlowV2Classifier
 
-from capsrobust.art_bridge import LOSSES, to_art_classifier
+from capsrobust.art_bridge import LOSSES, attack_loss, to_art_classifier
 from capsrobust.errors import ConfigError
-from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models import create_model
 
 FAMILIES = {"capsule": "capsnet-small", "cnn": "cnn-small"}
@@ -35,8 +34,7 @@ def _tape_gradient(model, loss, images, labels):
     with tf.GradientTape() as tape:
         tape.watch(x)
         scores = model(x, training=False)["scores"]
-        per_example = model.classification_loss(one_hot, scores) if loss == "model" else softmax_cross_entropy(
-            one_hot, scores)
+        per_example = attack_loss(model, loss)(one_hot, scores)
         total = tf.reduce_sum(per_example)
     return tape.gradient(total, x).numpy(), per_example.numpy()
 
@@ -46,7 +44,7 @@ def test_classifier_carries_the_models_interface(models):
     assert isinstance(classifier, TensorFlowV2Classifier)
     assert classifier.nb_classes == 10 and classifier.input_shape == (28, 28, 1)
     assert tuple(classifier.clip_values) == (0, 1) and not classifier.channels_first
-    assert classifier.loss_name == "model" and LOSSES == ("model", "ce")
+    assert classifier.loss_name == "model" and LOSSES == ("model", "ce", "dlr")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -79,9 +77,12 @@ def test_loss_gradient_equals_a_direct_gradient_tape(models, images_and_labels, 
     as_tensor = classifier.loss_gradient(tf.constant(images[:10]), tf.one_hot(labels[:10], 10))
     assert tf.is_tensor(as_tensor)
     np.testing.assert_allclose(as_tensor.numpy(), gradient[:10], **close)
-    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-5, atol=1e-6)
+    # DLR divides by the gap between the first and third scores, small between an untrained capsule network's
+    # near-equal lengths, which magnifies the float32 rounding of the compiled graph against the eager one.
+    rtol = 1e-3 if loss == "dlr" else 1e-5
+    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=rtol, atol=1e-6)
     np.testing.assert_allclose(classifier.compute_loss(images, labels, reduction="mean"), per_example.mean(),
-                               rtol=1e-5)
+                               rtol=rtol)
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -96,13 +97,15 @@ def test_em_capsules_go_through_the_bridge_like_any_model(models, images_and_lab
     expected, per_example = _tape_gradient(model, loss, images, labels)
     np.testing.assert_allclose(classifier.loss_gradient(images, labels), expected, rtol=1e-2,
                                atol=1e-3 * np.abs(expected).max())
-    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(classifier.compute_loss(images, labels), per_example, rtol=1e-3 if loss == "dlr"
+                               else 1e-4, atol=1e-4)
 
 
-def test_the_two_losses_differ_on_capsules_and_agree_on_cnns(models, images_and_labels):
+def test_the_model_loss_and_cross_entropy_differ_on_capsules_and_agree_on_cnns(models, images_and_labels):
     images, labels = images_and_labels[0][:20], images_and_labels[1][:20]
     for family, same in (("capsule", False), ("em-capsule", False), ("cnn", True)):
-        margin, ce = (to_art_classifier(models[family], loss=loss).compute_loss(images, labels) for loss in LOSSES)
+        margin, ce = (to_art_classifier(models[family], loss=loss).compute_loss(images, labels)
+                      for loss in ("model", "ce"))
         assert np.allclose(margin, ce) == same, family
 
 

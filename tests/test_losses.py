@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from capsrobust.losses import margin_loss, reconstruction_loss, softmax_cross_entropy
+from capsrobust.losses import difference_of_logits_ratio, margin_loss, reconstruction_loss, softmax_cross_entropy
 
 
 def test_margin_loss_hand_computed():
@@ -32,3 +32,12 @@ def test_cross_entropy():
     labels = np.array([[1, 0, 0]], dtype="float32")
     expected = -np.log(np.exp(2) / np.exp(logits).sum())
     np.testing.assert_allclose(ops.convert_to_numpy(softmax_cross_entropy(labels, logits)), [expected], rtol=1e-5)
+
+
+def test_difference_of_logits_ratio_matches_its_definition_and_ignores_shift_and_scale():
+    scores = np.array([[3.0, 1.0, 2.0, 0.0], [0.5, 0.9, 0.1, 0.2]], "float32")
+    labels = np.eye(4, dtype="float32")[[0, 0]]
+    # -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3): correct with a margin of 1 over a spread of 2; wrong by 0.4 over 0.7.
+    expected = np.array([-(3 - 2) / (3 - 1), -(0.5 - 0.9) / (0.9 - 0.2)], "float32")
+    np.testing.assert_allclose(np.asarray(difference_of_logits_ratio(labels, scores)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(difference_of_logits_ratio(labels, 7.0 * scores - 3.0)), expected, rtol=1e-5)

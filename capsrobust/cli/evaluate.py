@@ -26,8 +26,9 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     group.add_argument("--random-start", action="store_true", default=None, help="start from a random point in the "
                                                                                   "eps-ball (PGD's default)")
     group.add_argument("--targeted", action="store_true", help="aim for a random wrong class instead")
-    group.add_argument("--loss", choices=("model", "ce"), default="model",
-                       help="attack loss: the model's own training loss (default) or cross-entropy on its scores")
+    group.add_argument("--loss", choices=("model", "ce", "dlr"), default="model",
+                       help="attack loss: the model's own training loss (default), cross-entropy on its scores, or "
+                            "the difference-of-logits ratio (Croce & Hein 2020)")
     group.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (128)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
     group.add_argument("--recon-weight", type=non_negative_float, metavar="W",

@@ -1,0 +1,123 @@
+"""The ART bridge: a `CapsrobustModel` as an ART classifier of the running Keras backend, its attack loss explicit.
+
+One estimator per backend, ART's own where ART has one (`to_art_classifier` picks it):
+
+- TensorFlow: `TensorFlowBridge`, an ART `TensorFlowV2Classifier` running compiled `tf.function` batches;
+- PyTorch: `TorchBridge`, an ART `PyTorchClassifier` over the Keras model (under the torch backend a Keras model is
+  a `torch.nn.Module`; images stay channels-last);
+- JAX: `JaxBridge`, ART has no JAX estimator, so a small one implementing ART's classifier mixins (predict,
+  loss_gradient, class_gradient, compute_loss) with `jax.jit`-compiled functions.
+
+Everything above the bridge (attacks/, detection, sweeps, reports) sees only ART's interface and numpy arrays, so it
+runs unchanged on every backend. All three batch `predict`, `loss_gradient`, `class_gradient` and `compute_loss`
+(ART 1.20's TensorFlow and PyTorch estimators send a whole array through one pass), and row `i` of a loss gradient is
+the gradient of example `i`'s own loss, the same whatever the batching.
+
+Capsule networks score classes by capsule lengths in [0, 1), not logits, so which loss an attack climbs is a choice
+every report must state (`LOSSES`):
+
+- `"model"` (default): the model's own classification training loss, `model.classification_loss`: the margin loss on
+  lengths for capsule networks, softmax cross-entropy on logits for CNNs. The reconstruction term is left out.
+- `"ce"`: softmax cross-entropy on the scores. For a CNN this is its training loss; for a capsule network it treats
+  the lengths as logits. A softmax of values in [0, 1) stays near uniform, so unlike the margin loss (zero once every
+  margin is met) its gradient never vanishes on confidently classified images.
+- `"dlr"`: Croce & Hein's difference-of-logits ratio, invariant to the scores' shift and scale (APGD-DLR's loss).
+
+>>> classifier = to_art_classifier(create_model("capsnet-small"), loss="ce", batch_size=128)
+>>> scores = classifier.predict(images)  # images (num_images, 28, 28, 1) float32 in [0, 1] -> (num_images, 10)
+"""
+
+from typing import Callable
+
+import keras
+import numpy as np
+
+from capsrobust.errors import ConfigError
+from capsrobust.losses import difference_of_logits_ratio, softmax_cross_entropy
+
+# Per-example attack losses `(one_hot_labels, scores) -> (batch_size,)`, by name, from the model they attack.
+_PER_EXAMPLE_LOSSES: dict[str, Callable] = {
+    "model": lambda model: model.classification_loss,
+    "ce": lambda model: softmax_cross_entropy,
+    "dlr": lambda model: difference_of_logits_ratio,
+}
+LOSSES = tuple(_PER_EXAMPLE_LOSSES)
+
+
+def attack_loss(model, loss: str) -> Callable:
+    """The per-example attack loss `(one_hot_labels, scores) -> (batch_size,)` named `loss` (one of `LOSSES`)."""
+    if loss not in _PER_EXAMPLE_LOSSES:
+        raise ConfigError(f"unknown attack loss; known losses: {', '.join(LOSSES)}. Received: loss={loss!r}")
+    return _PER_EXAMPLE_LOSSES[loss](model)
+
+
+def _backend() -> str:
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "torch", "jax"):
+        raise ConfigError("the ART bridge runs on the tensorflow, torch and jax backends (set KERAS_BACKEND). "
+                          f"Received: backend={backend!r}")
+    return backend
+
+
+def to_art_classifier(model, loss: str = "model", batch_size: int = 128):
+    """Wraps `model` as an ART classifier of the running backend, with `clip_values=(0, 1)` and an explicit loss.
+
+    Args:
+        model: a `CapsrobustModel` taking `(batch_size, *model.image_shape)` images in [0, 1].
+        loss: the attack loss, one of `LOSSES`: `"model"` (the model's classification training loss: margin loss on
+            capsule lengths, cross-entropy on CNN logits), `"ce"` (softmax cross-entropy on the scores; for a
+            capsule network, the lengths treated as logits) or `"dlr"` (difference-of-logits ratio).
+        batch_size: images per forward or backward pass.
+
+    Returns:
+        A `TensorFlowBridge`, `TorchBridge` or `JaxBridge`, whose predictions are the model's `"scores"` and which
+        has `source_model`, `loss_name`, `per_example_loss` and `batch_size` attributes.
+
+    Raises:
+        ConfigError: unknown loss, a batch size below 1, or a Keras backend the bridge does not know.
+    """
+    per_example = attack_loss(model, loss)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    backend = _backend()
+    if backend == "tensorflow":
+        from capsrobust.art_bridge.tf_classifier import TensorFlowBridge as bridge
+    elif backend == "torch":
+        from capsrobust.art_bridge.torch_classifier import TorchBridge as bridge
+    else:
+        from capsrobust.art_bridge.jax_classifier import JaxBridge as bridge
+    return bridge(model, loss, per_example, batch_size)
+
+
+def with_loss(classifier, loss: str):
+    """Another bridge on `classifier`'s model and batch size, climbing `loss` (one of `LOSSES`) instead."""
+    return to_art_classifier(classifier.source_model, loss, classifier.batch_size)
+
+
+def input_gradient(objective: Callable, image_shape,
+                   num_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A compiled `(images, one_hot_labels) -> d sum(objective) / d images`, for attacks with their own objective.
+
+    Row `i` of the result is the gradient of `objective`'s `i`-th value alone (its values are per example), whatever
+    the batch. The backend side of the attacks in `attacks/` (vote attack, R-BIM).
+
+    Args:
+        objective: `(images, one_hot_labels) -> (batch_size,)` on `keras.ops` tensors, the value an attack climbs.
+        image_shape: `(height, width, channels)`.
+        num_classes: the labels' width.
+
+    Returns:
+        A function of numpy `(batch_size, *image_shape)` float32 images and `(batch_size, num_classes)` labels that
+        returns the `(batch_size, *image_shape)` float32 gradient as a numpy array.
+
+    Raises:
+        ConfigError: a Keras backend the bridge does not know.
+    """
+    backend = _backend()
+    if backend == "tensorflow":
+        from capsrobust.art_bridge.tf_classifier import input_gradient as gradient_of
+    elif backend == "torch":
+        from capsrobust.art_bridge.torch_classifier import input_gradient as gradient_of
+    else:
+        from capsrobust.art_bridge.jax_classifier import input_gradient as gradient_of
+    return gradient_of(objective, tuple(image_shape), num_classes)

@@ -1,0 +1,171 @@
+"""The bridge under the JAX backend: ART has no JAX estimator, so this implements ART's classifier interfaces.
+
+The model's scores, loss gradients and class gradients are `jax.jit`-compiled functions of the weights and a batch
+(`model.stateless_call`), so the weights are arguments, not constants baked into each compiled program. XLA compiles
+once per input shape, so batches are padded to a power of two (at most `batch_size`): a sweep whose attacks shrink
+the set of images still robust compiles a handful of programs, not one per size.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from art.estimators.classification.classifier import ClassifierNeuralNetwork
+
+from capsrobust.art_bridge.batches import batch_slices, class_rows, one_hot, reduce_losses
+from capsrobust.errors import ConfigError
+from capsrobust.models.base import SCORES
+
+
+def _padded_size(rows: int, batch_size: int) -> int:
+    """The compiled batch size serving `rows` images: the next power of two, at most `batch_size`."""
+    return min(batch_size, 1 << max(rows - 1, 0).bit_length())
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with zero rows appended up to `size` rows; the model treats each image alone, so they change nothing."""
+    return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)]) \
+        if len(array) < size else array
+
+
+class JaxBridge(ClassifierNeuralNetwork):
+    """An ART classifier (class and loss gradients) for a `CapsrobustModel` under the JAX backend.
+
+    Build it with `capsrobust.art_bridge.to_art_classifier`. Inputs are `(num_images, height, width, channels)`
+    float32 in [0, 1]; there is no preprocessing; outputs are numpy arrays. ART attacks without a JAX-specific
+    version (all of them) run their numpy implementation on it, as they would on any ART classifier.
+
+    Attributes:
+        source_model: the wrapped `CapsrobustModel`.
+        loss_name: the attack loss, one of `capsrobust.art_bridge.LOSSES`.
+        per_example_loss: that loss per example, `(one_hot_labels, scores) -> (batch_size,)`.
+        batch_size: images per forward or backward pass when a caller gives no batch size.
+    """
+
+    estimator_params = ClassifierNeuralNetwork.estimator_params
+
+    def __init__(self, model, loss: str, per_example_loss: Callable, batch_size: int):
+        super().__init__(model=model, clip_values=(0.0, 1.0), channels_first=False, preprocessing=None)
+        self.nb_classes = model.num_classes
+        self._input_shape = tuple(model.image_shape)
+        self.source_model = model
+        self.loss_name = loss
+        self.per_example_loss = per_example_loss
+        self.batch_size = batch_size
+
+        def scores(weights, images, training):
+            trainable, non_trainable = weights
+            outputs, _ = model.stateless_call(trainable, non_trainable, images, training=training)
+            return outputs[SCORES]
+
+        def total_loss(weights, images, labels, training):
+            return jnp.sum(per_example_loss(labels, scores(weights, images, training)))
+
+        def class_total(weights, images, classes, training):  # summed over images: each row's gradient is its own
+            chosen = jnp.take_along_axis(scores(weights, images, training), classes[:, None], axis=1)
+            return jnp.sum(chosen)
+
+        def all_class_gradients(weights, images, training):  # (num_classes, batch, h, w, c)
+            return jax.jacrev(lambda x: jnp.sum(scores(weights, x, training), axis=0))(images)
+
+        static = ("training",)
+        self._scores = jax.jit(scores, static_argnames=static)
+        self._losses = jax.jit(lambda w, x, y, training: per_example_loss(y, scores(w, x, training)),
+                               static_argnames=static)
+        self._loss_gradient = jax.jit(jax.grad(total_loss, argnums=1), static_argnames=static)
+        self._class_gradient = jax.jit(jax.grad(class_total, argnums=1), static_argnames=static)
+        self._all_class_gradients = jax.jit(all_class_gradients, static_argnames=static)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
+
+    @property
+    def _weights(self):
+        return ([v.value for v in self.source_model.trainable_variables],
+                [v.value for v in self.source_model.non_trainable_variables])
+
+    def _map_batches(self, function: Callable, arrays: list[np.ndarray], batch_size: int | None = None) -> list:
+        """`function(*padded_batch_arrays)` per batch of the arrays' rows, each result cut back to the batch's rows."""
+        size = batch_size or self.batch_size
+        results = []
+        for rows in batch_slices(len(arrays[0]), size):
+            batch = [array[rows] for array in arrays]
+            padded = _padded_size(len(batch[0]), size)
+            out = function(*[_pad(array, padded) for array in batch])
+            results.append(np.asarray(out)[: len(batch[0])])
+        return results
+
+    def predict(self, x, batch_size: int | None = None, training_mode: bool = False, **kwargs) -> np.ndarray:
+        """Scores `(num_images, num_classes)` of images `(num_images, height, width, channels)`, batch by batch."""
+        x = np.asarray(x, dtype=np.float32)
+        weights = self._weights
+        chunks = self._map_batches(lambda images: self._scores(weights, images, bool(training_mode)), [x], batch_size)
+        predictions = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
+        return self._apply_postprocessing(preds=predictions, fit=False)
+
+    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs) -> np.ndarray:
+        """Gradient `(num_images, height, width, channels)` of each example's own attack loss w.r.t. its pixels.
+
+        Args:
+            x: images `(num_images, height, width, channels)`.
+            y: labels, one-hot `(num_images, num_classes)` or integers `(num_images,)`.
+            training_mode: run the model in training mode (dropout on).
+        """
+        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
+        weights = self._weights
+        chunks = self._map_batches(lambda xs, ys: self._loss_gradient(weights, xs, ys, bool(training_mode)),
+                                   [images, labels])
+        return np.concatenate(chunks) if chunks else np.zeros_like(images)
+
+    def compute_loss(self, x, y, reduction: str = "none", training_mode: bool = False, **kwargs) -> np.ndarray:
+        """The attack loss per example `(num_images,)` (`reduction="none"`), or its `"mean"` or `"sum"`."""
+        reduce_losses(np.zeros(0), reduction)  # a bad reduction fails before any work
+        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
+        weights = self._weights
+        chunks = self._map_batches(lambda xs, ys: self._losses(weights, xs, ys, bool(training_mode)), [images, labels])
+        return reduce_losses(np.concatenate(chunks) if chunks else np.zeros((0,), np.float32), reduction)
+
+    def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs) -> np.ndarray:
+        """Gradients of class scores with respect to the pixels, batch by batch.
+
+        Args:
+            x: images `(num_images, height, width, channels)`.
+            label: None for every class, one class index for all images, or one index per image `(num_images,)`.
+            training_mode: run the model in training mode (dropout on).
+
+        Returns:
+            `(num_images, num_classes, height, width, channels)` for `label=None`, else `(num_images, 1, ...)`.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        labels = class_rows(label, len(x))
+        weights, training = self._weights, bool(training_mode)
+        if labels is None:
+            chunks = self._map_batches(
+                lambda xs: jnp.moveaxis(self._all_class_gradients(weights, xs, training), 0, 1), [x])
+        else:
+            chunks = self._map_batches(
+                lambda xs, ks: self._class_gradient(weights, xs, ks, training)[:, None], [x, np.asarray(labels)])
+        return np.concatenate(chunks) if chunks else np.zeros((0, 1, *x.shape[1:]), np.float32)
+
+    def fit(self, x, y, batch_size: int = 128, nb_epochs: int = 20, **kwargs) -> None:
+        raise ConfigError("the ART bridge evaluates trained models; train with `capsrobust train`")
+
+    def get_activations(self, x, layer, batch_size: int = 128, framework: bool = False) -> np.ndarray:
+        raise ConfigError("the ART bridge exposes class scores only, not intermediate activations")
+
+    def save(self, filename: str, path: str | None = None) -> None:
+        raise ConfigError("the ART bridge does not save models; the trained-model store does")
+
+
+def input_gradient(objective: Callable, image_shape: tuple,
+                   num_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """`capsrobust.art_bridge.input_gradient` under JAX: `jax.grad` of the summed objective, compiled per shape.
+
+    The objective reads the model's variables directly, so their values are compiled into the program as constants:
+    fine for attacks, which never change the weights.
+    """
+    del image_shape, num_classes  # shapes come from the arrays; kept for the same signature on every backend
+    gradient = jax.jit(jax.grad(lambda images, labels: jnp.sum(objective(images, labels))))
+    return lambda images, labels: np.asarray(gradient(np.asarray(images, np.float32), np.asarray(labels, np.float32)))
