@@ -66,6 +66,22 @@ def training_table(entries: list[dict]) -> Table:
     return table
 
 
+def backend_table(entries: list[dict]) -> Table:
+    """Images/s per model and measure (train, FGSM, PGD-100), one column per backend, from each backend's latest run."""
+    backends = [b for b in ("tensorflow", "jax", "torch") if any(e["variant"] == b for e in entries)]
+    table = Table(title="throughput per Keras backend, images/s (ART bridge for the attacks)")
+    for column in ("model", "measure", *backends, *(f"{b} / tensorflow" for b in backends[1:])):
+        table.add_column(column, justify="left" if column in ("model", "measure") else "right")
+    cells: dict = defaultdict(dict)
+    for entry in entries:
+        cells[(entry["extra"]["model"], entry["extra"]["measure"])][entry["variant"]] = entry["images_per_second"]
+    order = {"train": 0, "fgsm": 1, "pgd100": 2}
+    for (model, measure), speeds in sorted(cells.items(), key=lambda item: (item[0][0], order.get(item[0][1], 9))):
+        table.add_row(model, measure, *(f"{speeds[b]:,.1f}" if b in speeds else "—" for b in backends),
+                      *(_ratio(speeds.get(b), speeds.get("tensorflow")) for b in backends[1:]))
+    return table
+
+
 def _paired(entries: list[dict]):
     """`((run, case), {variant: entry})` for every case, in the order the suite ran them."""
     groups: dict = defaultdict(dict)
@@ -93,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     by_suite: dict = defaultdict(list)
     for entry in stored["results"].values():
         by_suite[entry["suite"]].append(entry)
-    tables = {"routing": kernel_table, "attack": attack_table, "training": training_table}
+    tables = {"routing": kernel_table, "attack": attack_table, "training": training_table, "backend": backend_table}
     for suite, build in tables.items():
         if by_suite.get(suite):
             console.print(build(by_suite[suite]))
