@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,11 +71,23 @@ class TrainResult:
 
 def seed_everything(seed: int) -> None:
     """Seeds Python, numpy and the backend; under TensorFlow also makes its kernels deterministic."""
-    keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
+        keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+        return
+    # `set_random_seed` also seeds TensorFlow whenever it is installed, importing it (seconds, and its start-up
+    # noise on stderr) into a JAX or torch process that never uses it; a None module makes that import fail (and
+    # Keras then treats TensorFlow as absent in this process, which only its tf.data and export paths would notice).
+    hidden = "tensorflow" not in sys.modules
+    if hidden:
+        sys.modules["tensorflow"] = None
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        if hidden:
+            del sys.modules["tensorflow"]
 
 
 def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
