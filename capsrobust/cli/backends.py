@@ -53,5 +53,5 @@ def run(args) -> int:
     console.print(table)
     console.print(f"active here: {active}. A command runs on one backend, picked by KERAS_BACKEND (else "
                   f"~/.keras/keras.json), e.g. `KERAS_BACKEND=jax capsrobust train mnist`; stored models load under "
-                  f"every backend.", highlight=False)
+                  f"every backend.", highlight=False, soft_wrap=True)
     return 0
