@@ -4,11 +4,17 @@ Keras fixes its backend when it is first imported (`KERAS_BACKEND`, else `~/.ker
 one backend; questions about another backend are asked of a subprocess started with `KERAS_BACKEND` set.
 """
 
+import importlib
 import importlib.util
+import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 BACKENDS = ("tensorflow", "jax", "torch")  # the Keras 3 backends capsrobust runs on, its default first
@@ -49,6 +55,99 @@ def devices() -> list[str]:
             return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
         return ["cpu"]
     return []
+
+def has_gpu(device_names: list[str]) -> bool:
+    """Whether any of `devices()`'s names is a GPU (`/device:GPU:0` under TensorFlow, `cuda:0` under JAX and torch)."""
+    return any(re.search(r"gpu|cuda|rocm", name, re.IGNORECASE) for name in device_names)
+
+
+@dataclass
+class BackendReport:
+    """What one backend says about itself: its framework's and Keras's versions and the devices it computes on.
+
+    Attributes:
+        backend: one of `BACKENDS`.
+        installed: whether its framework can be imported here.
+        active: whether it is the backend this process runs.
+        version, keras: the framework's and Keras's versions ("" when unknown).
+        devices: `devices()` as that backend answers it.
+        error: why it could not be asked, in one line ("" when it answered).
+    """
+
+    backend: str
+    installed: bool
+    active: bool = False
+    version: str = ""
+    keras: str = ""
+    devices: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def gpu(self) -> bool:
+        return has_gpu(self.devices)
+
+
+# Run with KERAS_BACKEND set; prints one JSON line. Start-up noise goes to stderr, which is read only on failure.
+_PROBE = """
+import importlib, json, keras
+from capsrobust.backend import devices
+backend = keras.backend.backend()
+print(json.dumps({"backend": backend, "version": importlib.import_module(backend).__version__,
+                  "keras": keras.__version__, "devices": devices()}))
+"""
+
+
+def report_backends(timeout: float = 60.0) -> list[BackendReport]:
+    """Asks every backend of `BACKENDS` for its versions and devices, one subprocess per backend, all at once.
+
+    The running backend answers in this process. A backend whose subprocess fails, answers nonsense or takes longer
+    than `timeout` seconds gets the reason in `error`.
+
+    Returns:
+        One report per backend, in `BACKENDS` order.
+    """
+    import keras
+
+    active = keras.backend.backend()
+    root = str(Path(__file__).resolve().parents[1])  # the subprocess imports this copy of capsrobust
+    python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    reports, probes = [], {}
+    for backend in BACKENDS:
+        report = BackendReport(backend, is_installed(backend), active=backend == active)
+        reports.append(report)
+        if report.active:
+            report.version = importlib.import_module(backend).__version__
+            report.keras, report.devices = keras.__version__, devices()
+        elif report.installed:
+            probes[backend] = subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                               env=backend_environment(backend, PYTHONPATH=python_path))
+    deadline = time.monotonic() + timeout
+    for report in reports:
+        if report.backend in probes:
+            _read_probe(report, probes[report.backend], max(deadline - time.monotonic(), 0.0), timeout)
+    return reports
+
+
+def _read_probe(report: BackendReport, probe: subprocess.Popen, wait: float, timeout: float) -> None:
+    try:
+        stdout, stderr = probe.communicate(timeout=wait)
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        probe.communicate()
+        report.error = f"no answer within {timeout:g}s"
+        return
+    if probe.returncode != 0:
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {probe.returncode}"  # a traceback's last line names the error
+        report.error = f"import failed: {reason[:200]}"
+        return
+    try:
+        answer = json.loads(stdout.strip().splitlines()[-1])
+        report.version, report.keras, report.devices = answer["version"], answer["keras"], list(answer["devices"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        report.error = f"unreadable answer: {stdout.strip()[-200:]!r}"
+
 
 # Lines TensorFlow's C++ runtime prints at import and device start-up whatever TF_CPP_MIN_LOG_LEVEL says
 # (oneDNN notices, CUDA probes on machines without a GPU, absl's pre-initialisation warning).

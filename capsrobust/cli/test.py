@@ -23,6 +23,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    import keras
     from rich.table import Table
 
     from capsrobust.console import console
@@ -40,5 +41,8 @@ def run(args) -> int:
         table.add_column(column, justify="right" if column not in ("model", "data set") else "left")
     table.add_row(entry.model, f"{dataset.name} test ({dataset.source})", str(len(images)), f"{test_accuracy:.4f}",
                   f"{100 * (1 - test_accuracy):.2f}%", f"{len(images) / seconds:.0f}")
+    trained_on, tested_on = entry.card.get("backend"), keras.backend.backend()
+    if trained_on and trained_on != tested_on:  # the weights file is the same under every backend; say so
+        table.caption = f"trained under {trained_on}, tested under {tested_on}"
     console.print(table)
     return 0

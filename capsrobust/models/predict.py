@@ -1,6 +1,7 @@
 """Batched inference: whole test sets never go through the model in one call."""
 
 import numpy as np
+from keras import ops
 
 from capsrobust.models.base import SCORES
 
@@ -21,7 +22,7 @@ def predict_batched(model, images: np.ndarray, batch_size: int = 256) -> dict[st
     for start in range(0, len(images), batch_size):
         outputs = model(images[start:start + batch_size], training=False)
         for key, value in outputs.items():
-            chunks.setdefault(key, []).append(np.asarray(value))
+            chunks.setdefault(key, []).append(ops.convert_to_numpy(value))  # a torch tensor still tracks gradients
     return {key: np.concatenate(values) for key, values in chunks.items()}
 
 

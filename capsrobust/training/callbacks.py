@@ -1,7 +1,12 @@
-"""Keras callbacks of the shared trainer: progress display, NaN guard, per-epoch checkpoints and early stopping."""
+"""Keras callbacks of the shared trainer: progress display, NaN guard, per-epoch checkpoints, early stopping and
+Ctrl-C."""
 
+import contextlib
 import math
+import signal
+import threading
 import time
+from typing import Iterator
 
 import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,6 +48,43 @@ class NanGuard(keras.callbacks.Callback):
             self.tripped_at, self.cause = (self._epoch + 1, batch + 1), "loss"
         if self.tripped_at is not None:
             self.model.stop_training = True
+
+
+class InterruptRelay(keras.callbacks.Callback):
+    """Raises `KeyboardInterrupt` again at the next batch or epoch end after a Ctrl-C that Keras swallowed.
+
+    Keras converts each batch's logs to floats inside a bare `except:` (`keras.src.utils.python_utils.pythonify_logs`,
+    3.15); under JAX the main thread waits there for the step to finish, so a Ctrl-C nearly always lands in it and
+    is dropped, and the run would train on to the end. While `watching()` is open, SIGINT also sets `interrupted`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Notes SIGINT while open; a process that ignores it, or a thread other than the main one, is left alone."""
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def note_and_raise(signum, frame):
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, note_and_raise)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _raise_if_interrupted(self, *args, **kwargs):
+        if self.interrupted:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _raise_if_interrupted
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

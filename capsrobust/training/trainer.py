@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from capsrobust.data import Dataset
 from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.augment import ShiftedBatches
-from capsrobust.training.callbacks import EpochCheckpoint, MarginSchedule, NanGuard, RichProgress
+from capsrobust.training.callbacks import EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard, RichProgress
 from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
 from capsrobust.training.distribute import resolve_strategy, scope
@@ -70,11 +71,23 @@ class TrainResult:
 
 def seed_everything(seed: int) -> None:
     """Seeds Python, numpy and the backend; under TensorFlow also makes its kernels deterministic."""
-    keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
+        keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+        return
+    # `set_random_seed` also seeds TensorFlow whenever it is installed, importing it (seconds, and its start-up
+    # noise on stderr) into a JAX or torch process that never uses it; a None module makes that import fail (and
+    # Keras then treats TensorFlow as absent in this process, which only its tf.data and export paths would notice).
+    hidden = "tensorflow" not in sys.modules
+    if hidden:
+        sys.modules["tensorflow"] = None
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        if hidden:
+            del sys.modules["tensorflow"]
 
 
 def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -138,8 +151,8 @@ def _tensorboard_available() -> bool:
 
 
 def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
-    guard = NanGuard(batches)
-    callbacks = [guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
+    guard, relay = NanGuard(batches), InterruptRelay()
+    callbacks = [relay, guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if hasattr(model, "spread_margin"):
         # The ramp is fixed when the run starts and kept in its state, so a resume that extends --epochs continues
@@ -158,12 +171,14 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
         validation = ({"image": dataset.x_val, "label": val_labels}, val_labels)
     # One `fit` call per epoch: the batch stream learns its epoch before Keras creates (and starts prefetching
     # from) that epoch's iterator, so epoch e's batches never depend on when a callback happened to run.
-    for epoch in range(state.epoch, settings.epochs):
-        batches.epoch = epoch
-        model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
-                  epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0)
-        if model.stop_training or guard.tripped_at is not None:
-            break
+    with relay.watching():
+        for epoch in range(state.epoch, settings.epochs):
+            batches.epoch = epoch
+            model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
+                      epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0)
+            relay.on_epoch_end(epoch)  # an interrupt swallowed after the last callback of the epoch
+            if model.stop_training or guard.tripped_at is not None:
+                break
     if guard.tripped_at is not None:
         epoch, batch = guard.tripped_at
         kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
