@@ -24,6 +24,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
+        # The other Keras backends (one process runs one, chosen by KERAS_BACKEND); GPU builds per their own docs.
+        "jax": ["jax>=0.4.34"],
+        "torch": ["torch>=2.3"],
     },
     entry_points={"console_scripts": ["capsrobust=capsrobust.cli:entry_point"]},
 )
