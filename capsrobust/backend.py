@@ -56,6 +56,7 @@ def devices() -> list[str]:
         return ["cpu"]
     return []
 
+
 def has_gpu(device_names: list[str]) -> bool:
     """Whether any of `devices()`'s names is a GPU (`/device:GPU:0` under TensorFlow, `cuda:0` under JAX and torch)."""
     return any(re.search(r"gpu|cuda|rocm", name, re.IGNORECASE) for name in device_names)

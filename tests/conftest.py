@@ -39,9 +39,9 @@ def trained_small_models(mnist_subset, tmp_path_factory):
 def run_under_backend():
     """`run(backend, script, timeout=300) -> stdout`: runs Python `script` in a subprocess under that Keras backend.
 
-    The subprocess imports this checkout's package and inherits the calling test's isolated environment. The test is skipped
-    when the backend's framework is not installed (CI installs the CPU builds of all three) and fails, showing the
-    subprocess's stderr, when the script exits non-zero.
+    The subprocess imports this checkout's package and inherits the calling test's isolated environment. The test is
+    skipped when the backend's framework is not installed (CI installs the CPU builds of all three) and fails, showing
+    the subprocess's stderr, when the script exits non-zero.
     """
     from capsrobust.backend import backend_environment, is_installed
 
