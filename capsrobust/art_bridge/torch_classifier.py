@@ -81,16 +81,17 @@ class TorchBridge(PyTorchClassifier):
         Returns:
             `(num_images, height, width, channels)`, of the same kind (numpy or `torch.Tensor`) as `x`.
         """
+        gradient = super().loss_gradient
         if isinstance(x, torch.Tensor):
             labels = y if isinstance(y, torch.Tensor) else torch.as_tensor(one_hot(y, self.nb_classes))
             labels = labels.to(device=x.device, dtype=torch.float32)
             if labels.ndim == 1:
                 labels = torch.nn.functional.one_hot(labels.long(), self.nb_classes).float()
-            chunks = [super(TorchBridge, self).loss_gradient(x[rows], labels[rows], training_mode=training_mode)
+            chunks = [gradient(x[rows], labels[rows], training_mode=training_mode)
                       for rows in batch_slices(len(x), self.batch_size)]
             return torch.cat(chunks) if chunks else torch.zeros_like(x)
         images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        chunks = [super(TorchBridge, self).loss_gradient(images[rows], labels[rows], training_mode=training_mode)
+        chunks = [gradient(images[rows], labels[rows], training_mode=training_mode)
                   for rows in batch_slices(len(images), self.batch_size)]
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros_like(images)
 
@@ -98,7 +99,8 @@ class TorchBridge(PyTorchClassifier):
         """The attack loss per example `(num_images,)` (`reduction="none"`), or its `"mean"` or `"sum"`."""
         reduce_losses(np.zeros(0), reduction)  # a bad reduction fails before any work
         images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        losses = [super(TorchBridge, self).compute_loss(images[rows], labels[rows], reduction="none")
+        loss = super().compute_loss
+        losses = [loss(images[rows], labels[rows], reduction="none")
                   for rows in batch_slices(len(images), self.batch_size)]
         return reduce_losses(np.concatenate(losses) if losses else np.zeros((0,), np.float32), reduction)
 
@@ -115,8 +117,8 @@ class TorchBridge(PyTorchClassifier):
         """
         x = np.asarray(x, dtype=np.float32)
         labels = class_rows(label, len(x))
-        chunks = [super(TorchBridge, self).class_gradient(x[rows], None if labels is None else labels[rows],
-                                                          training_mode=training_mode)
+        gradient = super().class_gradient
+        chunks = [gradient(x[rows], None if labels is None else labels[rows], training_mode=training_mode)
                   for rows in batch_slices(len(x), self.batch_size)]
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 1, *x.shape[1:]), np.float32)
 
