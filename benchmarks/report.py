@@ -23,6 +23,10 @@ def _mebibytes(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:,.1f} MiB"
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.1f}" if value >= 1 else f"{value:.2g}"
+
+
 def _ratio(numerator, denominator) -> str:
     if not numerator or not denominator:
         return "—"
@@ -77,7 +81,7 @@ def backend_table(entries: list[dict]) -> Table:
         cells[(entry["extra"]["model"], entry["extra"]["measure"])][entry["variant"]] = entry["images_per_second"]
     order = {"train": 0, "fgsm": 1, "pgd100": 2}
     for (model, measure), speeds in sorted(cells.items(), key=lambda item: (item[0][0], order.get(item[0][1], 9))):
-        table.add_row(model, measure, *(f"{speeds[b]:,.1f}" if b in speeds else "—" for b in backends),
+        table.add_row(model, measure, *(_rate(speeds[b]) if b in speeds else "—" for b in backends),
                       *(_ratio(speeds.get(b), speeds.get("tensorflow")) for b in backends[1:]))
     return table
 
