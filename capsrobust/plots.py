@@ -26,7 +26,7 @@ def example_grid(example: dict, title: str, path: Path) -> Path:
     """Columns are images; rows: clean, adversarial, perturbation (amplified), and reconstructions when present."""
     rows = [("clean", example["clean"]), ("adversarial", example["adversarial"])]
     delta = example["adversarial"] - example["clean"]
-    scale = np.abs(delta).max() or 1.0
+    scale = np.abs(delta).max(initial=0.0) or 1.0  # no images at all: an attack that kept no examples
     rows.append((f"perturbation x{1 / scale:.0f}", 0.5 + 0.5 * delta / scale))
     for key, label in (("clean_reconstruction", "recon. of clean"), ("adversarial_reconstruction", "recon. of adv.")):
         if key in example:

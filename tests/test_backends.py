@@ -88,16 +88,22 @@ def test_a_backend_that_does_not_answer_in_time(monkeypatch):
 def test_a_ctrl_c_that_keras_swallowed_is_raised_again():
     from capsrobust.training.callbacks import InterruptRelay
 
-    relay = InterruptRelay()
-    with relay.watching():
-        try:  # what Keras's pythonify_logs does with a Ctrl-C that lands while JAX finishes a step
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-        except:  # noqa: E722
-            pass
-        with pytest.raises(KeyboardInterrupt):
-            relay.on_train_batch_end(0)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A shell starts background jobs with SIGINT ignored (and the relay rightly leaves such a process alone); this
+    # test is about a process that takes Ctrl-C, as an interactive `capsrobust train` does.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        relay = InterruptRelay()
+        with relay.watching():
+            try:  # what Keras's pythonify_logs does with a Ctrl-C that lands while JAX finishes a step
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except:  # noqa: E722
+                pass
+            with pytest.raises(KeyboardInterrupt):
+                relay.on_train_batch_end(0)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 TRAIN_AND_PREDICT = """
