@@ -100,3 +100,32 @@ def test_strategy_resolution(strategy, devices, expected):
 def test_bad_strategies_are_config_errors(strategy, devices):
     with pytest.raises(ConfigError):
         resolve_strategy(strategy, devices)
+
+
+def test_jax_data_parallel_training_takes_batches_that_do_not_split_evenly(run_under_backend, tmp_path):
+    """301 training and 333 validation images at batch 128 leave last batches of 45 and 77; JAX shards evenly."""
+    script = f"""
+    import json
+    from capsrobust.cli import main
+    from capsrobust.store import ModelStore
+
+    status = main(["train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "301",
+                   "--devices", "2", "--store", {str(tmp_path)!r}])
+    card = ModelStore({str(tmp_path)!r}).entries()[0].card
+    print(json.dumps({{"status": status, "devices": card["devices"], "replicas": card["training"]["replicas"]}}))
+    """
+    answer = json.loads(run_under_backend("jax", script).strip().splitlines()[-1])
+    assert answer == {"status": 0, "devices": ["cpu:0", "cpu:1"], "replicas": 2}
+
+
+def test_batches_for_replicas_hold_a_multiple_of_them():
+    import numpy as np
+
+    from capsrobust.training.augment import ShiftedBatches
+
+    images, labels = np.zeros((301, 28, 28, 1), "float32"), np.zeros(301, int)
+    sizes = [len(batch[1]) for batch in ShiftedBatches(images, labels, 10, 128, 2, seed=0, multiple_of=2)]
+    assert sizes == [128, 128, 44]
+    odd = ShiftedBatches(images[:257], labels[:257], 10, 128, 2, seed=0, multiple_of=2)
+    assert [len(odd[i][1]) for i in range(len(odd))] == [128, 128]  # a last batch of one image is dropped whole
+    assert [len(b[1]) for b in ShiftedBatches(images, labels, 10, 128, 2, seed=0)] == [128, 128, 45]

@@ -60,12 +60,18 @@ class ShiftedBatches(keras.utils.PyDataset):
     Each item is `({"image": images, "label": one_hot}, one_hot)` with images `(batch_size, height, width, channels)`
     (`(batch_size, crop, crop, channels)` with `crop`) and labels `(batch_size, num_classes)`; the label input lets
     capsule decoders mask by the true class.
+
+    With `multiple_of` (the replica count under JAX's data parallelism, which shards every batch evenly over the
+    devices), every batch holds a multiple of that many images: the last batch drops its remainder, which falls on
+    different images each epoch.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,
-                 seed: int, crop: int | None = None):
+                 seed: int, crop: int | None = None, multiple_of: int = 1):
         super().__init__()
         self.images = images
+        self.multiple_of = multiple_of
+        self.num_used = len(images) - (len(images) % batch_size) % multiple_of
         self.one_hot = np.eye(num_classes, dtype="float32")[labels]
         self.batch_size = batch_size
         self.max_shift = max_shift
@@ -76,7 +82,7 @@ class ShiftedBatches(keras.utils.PyDataset):
         self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=int))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(self.num_used / self.batch_size)
 
     def _order(self) -> np.ndarray:
         if self._order_cache[0] != self.epoch:
@@ -85,7 +91,7 @@ class ShiftedBatches(keras.utils.PyDataset):
         return self._order_cache[1]
 
     def __getitem__(self, index: int):
-        rows = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self._order()[index * self.batch_size:min((index + 1) * self.batch_size, self.num_used)]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.crop is None:
             images = random_shift(self.images[rows], self.max_shift, rng)

@@ -123,8 +123,10 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     seed_everything(settings.seed)
     with scope(settings.strategy, settings.devices) as replicas:
         model = create_model(model_name, **model_config)
+        # tf.distribute splits an uneven batch over its replicas itself; JAX's DataParallel cannot.
+        even = replicas if keras.backend.backend() == "jax" else 1
         batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
-                                 settings.max_shift, settings.seed, crop=dataset.train_crop)
+                                 settings.max_shift, settings.seed, crop=dataset.train_crop, multiple_of=even)
         schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
                                                                decay_rate=settings.lr_decay, staircase=True)
         model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
@@ -167,8 +169,10 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
         callbacks.append(RichProgress(console, settings.epochs, len(batches), settings.batch_size))
     validation = None
     if len(dataset.x_val):
-        val_labels = _one_hot(dataset.y_val, dataset.num_classes)
-        validation = ({"image": dataset.x_val, "label": val_labels}, val_labels)
+        # The validation batches must split evenly over the replicas too (see ShiftedBatches.multiple_of).
+        kept = len(dataset.x_val) - (len(dataset.x_val) % settings.batch_size) % batches.multiple_of
+        val_images, val_labels = dataset.x_val[:kept], _one_hot(dataset.y_val[:kept], dataset.num_classes)
+        validation = ({"image": val_images, "label": val_labels}, val_labels)
     # One `fit` call per epoch: the batch stream learns its epoch before Keras creates (and starts prefetching
     # from) that epoch's iterator, so epoch e's batches never depend on when a callback happened to run.
     with relay.watching():
