@@ -10,8 +10,8 @@ One estimator per backend, ART's own where ART has one (`to_art_classifier` pick
 
 Everything above the bridge (attacks/, detection, sweeps, reports) sees only ART's interface and numpy arrays, so it
 runs unchanged on every backend. All three batch `predict`, `loss_gradient`, `class_gradient` and `compute_loss`
-(ART 1.20's TensorFlow and PyTorch estimators send a whole array through one pass), and row `i` of a loss gradient is
-the gradient of example `i`'s own loss, the same whatever the batching.
+(`batched.BatchedBridge`; ART 1.20's TensorFlow and PyTorch estimators send a whole array through one pass), and row
+`i` of a loss gradient is the gradient of example `i`'s own loss, the same whatever the batching.
 
 Capsule networks score classes by capsule lengths in [0, 1), not logits, so which loss an attack climbs is a choice
 every report must state (`LOSSES`):

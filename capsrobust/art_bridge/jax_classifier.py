@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from art.estimators.classification.classifier import ClassifierNeuralNetwork
 
-from capsrobust.art_bridge.batches import batch_slices, class_rows, one_hot, reduce_losses
+from capsrobust.art_bridge.batched import BatchedBridge
 from capsrobust.errors import ConfigError
 from capsrobust.models.base import SCORES
 
@@ -29,18 +29,12 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
         if len(array) < size else array
 
 
-class JaxBridge(ClassifierNeuralNetwork):
+class JaxBridge(BatchedBridge, ClassifierNeuralNetwork):
     """An ART classifier (class and loss gradients) for a `CapsrobustModel` under the JAX backend.
 
     Build it with `capsrobust.art_bridge.to_art_classifier`. Inputs are `(num_images, height, width, channels)`
     float32 in [0, 1]; there is no preprocessing; outputs are numpy arrays. ART attacks without a JAX-specific
     version (all of them) run their numpy implementation on it, as they would on any ART classifier.
-
-    Attributes:
-        source_model: the wrapped `CapsrobustModel`.
-        loss_name: the attack loss, one of `capsrobust.art_bridge.LOSSES`.
-        per_example_loss: that loss per example, `(one_hot_labels, scores) -> (batch_size,)`.
-        batch_size: images per forward or backward pass when a caller gives no batch size.
     """
 
     estimator_params = ClassifierNeuralNetwork.estimator_params
@@ -86,68 +80,27 @@ class JaxBridge(ClassifierNeuralNetwork):
         return ([v.value for v in self.source_model.trainable_variables],
                 [v.value for v in self.source_model.non_trainable_variables])
 
-    def _map_batches(self, function: Callable, arrays: list[np.ndarray], batch_size: int | None = None) -> list:
-        """`function(*padded_batch_arrays)` per batch of the arrays' rows, each result cut back to the batch's rows."""
-        size = batch_size or self.batch_size
-        results = []
-        for rows in batch_slices(len(arrays[0]), size):
-            batch = [array[rows] for array in arrays]
-            padded = _padded_size(len(batch[0]), size)
-            out = function(*[_pad(array, padded) for array in batch])
-            results.append(np.asarray(out)[: len(batch[0])])
-        return results
+    def _padded(self, batch_pass: Callable, *arrays: np.ndarray) -> np.ndarray:
+        """`batch_pass(*arrays)` on the arrays padded to the compiled size, cut back to their rows."""
+        rows = len(arrays[0])
+        size = _padded_size(rows, self.batch_size)
+        return np.asarray(batch_pass(*(_pad(array, size) for array in arrays)))[:rows]
 
-    def predict(self, x, batch_size: int | None = None, training_mode: bool = False, **kwargs) -> np.ndarray:
-        """Scores `(num_images, num_classes)` of images `(num_images, height, width, channels)`, batch by batch."""
-        x = np.asarray(x, dtype=np.float32)
-        weights = self._weights
-        chunks = self._map_batches(lambda images: self._scores(weights, images, bool(training_mode)), [x], batch_size)
-        predictions = np.concatenate(chunks) if chunks else np.zeros((0, self.nb_classes), np.float32)
-        return self._apply_postprocessing(preds=predictions, fit=False)
+    def _batch_scores(self, images, training):
+        return self._padded(lambda xs: self._scores(self._weights, xs, training), images)
 
-    def loss_gradient(self, x, y, training_mode: bool = False, **kwargs) -> np.ndarray:
-        """Gradient `(num_images, height, width, channels)` of each example's own attack loss w.r.t. its pixels.
+    def _batch_loss_gradient(self, images, labels, training):
+        return self._padded(lambda xs, ys: self._loss_gradient(self._weights, xs, ys, training), images, labels)
 
-        Args:
-            x: images `(num_images, height, width, channels)`.
-            y: labels, one-hot `(num_images, num_classes)` or integers `(num_images,)`.
-            training_mode: run the model in training mode (dropout on).
-        """
-        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        weights = self._weights
-        chunks = self._map_batches(lambda xs, ys: self._loss_gradient(weights, xs, ys, bool(training_mode)),
-                                   [images, labels])
-        return np.concatenate(chunks) if chunks else np.zeros_like(images)
+    def _batch_losses(self, images, labels, training):
+        return self._padded(lambda xs, ys: self._losses(self._weights, xs, ys, training), images, labels)
 
-    def compute_loss(self, x, y, reduction: str = "none", training_mode: bool = False, **kwargs) -> np.ndarray:
-        """The attack loss per example `(num_images,)` (`reduction="none"`), or its `"mean"` or `"sum"`."""
-        reduce_losses(np.zeros(0), reduction)  # a bad reduction fails before any work
-        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        weights = self._weights
-        chunks = self._map_batches(lambda xs, ys: self._losses(weights, xs, ys, bool(training_mode)), [images, labels])
-        return reduce_losses(np.concatenate(chunks) if chunks else np.zeros((0,), np.float32), reduction)
-
-    def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs) -> np.ndarray:
-        """Gradients of class scores with respect to the pixels, batch by batch.
-
-        Args:
-            x: images `(num_images, height, width, channels)`.
-            label: None for every class, one class index for all images, or one index per image `(num_images,)`.
-            training_mode: run the model in training mode (dropout on).
-
-        Returns:
-            `(num_images, num_classes, height, width, channels)` for `label=None`, else `(num_images, 1, ...)`.
-        """
-        x = np.asarray(x, dtype=np.float32)
-        labels = class_rows(label, len(x))
-        weights, training = self._weights, bool(training_mode)
-        if labels is None:
-            chunks = self._map_batches(
-                lambda xs: jnp.moveaxis(self._all_class_gradients(weights, xs, training), 0, 1), [x])
-        else:
-            chunks = self._map_batches(
-                lambda xs, ks: self._class_gradient(weights, xs, ks, training)[:, None], [x, np.asarray(labels)])
-        return np.concatenate(chunks) if chunks else np.zeros((0, 1, *x.shape[1:]), np.float32)
+    def _batch_class_gradient(self, images, classes, training):
+        if classes is None:  # (num_classes, b, ...) from the Jacobian, as (b, num_classes, ...)
+            return self._padded(lambda xs: jnp.moveaxis(self._all_class_gradients(self._weights, xs, training), 0, 1),
+                                images)
+        return self._padded(lambda xs, ks: self._class_gradient(self._weights, xs, ks, training)[:, None], images,
+                            classes)
 
     def fit(self, x, y, batch_size: int = 128, nb_epochs: int = 20, **kwargs) -> None:
         raise ConfigError("the ART bridge evaluates trained models; train with `capsrobust train`")

@@ -7,7 +7,7 @@ import torch
 from art.estimators.classification import PyTorchClassifier
 from keras import ops
 
-from capsrobust.art_bridge.batches import batch_slices, class_rows, one_hot, reduce_losses
+from capsrobust.art_bridge.batched import BatchedBridge, batch_slices, one_hot
 from capsrobust.models.base import SCORES
 
 
@@ -39,18 +39,13 @@ class _AttackLoss(torch.nn.Module):
         return {"none": lambda: losses, "mean": losses.mean, "sum": losses.sum}[self.reduction]()
 
 
-class TorchBridge(PyTorchClassifier):
+class TorchBridge(BatchedBridge, PyTorchClassifier):
     """ART's `PyTorchClassifier` for a `CapsrobustModel` under the torch backend, batching every pass.
 
     Build it with `capsrobust.art_bridge.to_art_classifier`. Inputs are `(num_images, height, width, channels)`
     float32 in [0, 1] (`channels_first=False`: Keras's layout); there is no preprocessing. Labels reach the loss
-    one-hot. The device is the one Keras's torch backend put the weights on.
-
-    Attributes:
-        source_model: the wrapped `CapsrobustModel`.
-        loss_name: the attack loss, one of `capsrobust.art_bridge.LOSSES`.
-        per_example_loss: that loss per example, `(one_hot_labels, scores) -> (batch_size,)`.
-        batch_size: images per forward or backward pass when a caller gives no batch size.
+    one-hot. The device is the one Keras's torch backend put the weights on. Each batch runs through ART's own
+    `PyTorchClassifier` methods.
     """
 
     def __init__(self, model, loss: str, per_example_loss: Callable, batch_size: int):
@@ -62,65 +57,30 @@ class TorchBridge(PyTorchClassifier):
         self.per_example_loss = per_example_loss
         self.batch_size = batch_size
 
-    def predict(self, x, batch_size: int | None = None, training_mode: bool = False, **kwargs) -> np.ndarray:
-        """Scores `(num_images, num_classes)` of images `(num_images, height, width, channels)`, batch by batch."""
-        x = np.asarray(x, dtype=np.float32)
-        if not len(x):
-            return np.zeros((0, self.nb_classes), np.float32)
-        return super().predict(x, batch_size=batch_size or self.batch_size, training_mode=training_mode)
+    def _batch_scores(self, images, training):
+        return PyTorchClassifier.predict(self, images, batch_size=len(images), training_mode=training)
+
+    def _batch_loss_gradient(self, images, labels, training):
+        return PyTorchClassifier.loss_gradient(self, images, labels, training_mode=training)
+
+    def _batch_losses(self, images, labels, training):
+        return PyTorchClassifier.compute_loss(self, images, labels, reduction="none")
+
+    def _batch_class_gradient(self, images, classes, training):
+        return PyTorchClassifier.class_gradient(self, images, label=classes, training_mode=training)
 
     def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
-        """Gradient of each example's attack loss with respect to its pixels, batch by batch.
-
-        Args:
-            x: images `(num_images, height, width, channels)`, a numpy array or a `torch.Tensor` (ART's PyTorch PGD
-                passes tensors on the device).
-            y: labels, one-hot `(num_images, num_classes)` or integers `(num_images,)`.
-            training_mode: run the model in training mode (dropout on).
-
-        Returns:
-            `(num_images, height, width, channels)`, of the same kind (numpy or `torch.Tensor`) as `x`.
-        """
-        gradient = super().loss_gradient
-        if isinstance(x, torch.Tensor):
-            labels = y if isinstance(y, torch.Tensor) else torch.as_tensor(one_hot(y, self.nb_classes))
-            labels = labels.to(device=x.device, dtype=torch.float32)
-            if labels.ndim == 1:
-                labels = torch.nn.functional.one_hot(labels.long(), self.nb_classes).float()
-            chunks = [gradient(x[rows], labels[rows], training_mode=training_mode)
-                      for rows in batch_slices(len(x), self.batch_size)]
-            return torch.cat(chunks) if chunks else torch.zeros_like(x)
-        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        chunks = [gradient(images[rows], labels[rows], training_mode=training_mode)
-                  for rows in batch_slices(len(images), self.batch_size)]
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros_like(images)
-
-    def compute_loss(self, x, y, reduction: str = "none", training_mode: bool = False, **kwargs) -> np.ndarray:
-        """The attack loss per example `(num_images,)` (`reduction="none"`), or its `"mean"` or `"sum"`."""
-        reduce_losses(np.zeros(0), reduction)  # a bad reduction fails before any work
-        images, labels = np.asarray(x, dtype=np.float32), one_hot(y, self.nb_classes)
-        loss = super().compute_loss
-        losses = [loss(images[rows], labels[rows], reduction="none")
-                  for rows in batch_slices(len(images), self.batch_size)]
-        return reduce_losses(np.concatenate(losses) if losses else np.zeros((0,), np.float32), reduction)
-
-    def class_gradient(self, x, label=None, training_mode: bool = False, **kwargs) -> np.ndarray:
-        """Gradients of class scores with respect to the pixels, batch by batch.
-
-        Args:
-            x: images `(num_images, height, width, channels)`.
-            label: None for every class, one class index for all images, or one index per image `(num_images,)`.
-            training_mode: run the model in training mode (dropout on).
-
-        Returns:
-            `(num_images, num_classes, height, width, channels)` for `label=None`, else `(num_images, 1, ...)`.
-        """
-        x = np.asarray(x, dtype=np.float32)
-        labels = class_rows(label, len(x))
-        gradient = super().class_gradient
-        chunks = [gradient(x[rows], None if labels is None else labels[rows], training_mode=training_mode)
+        """`BatchedBridge.loss_gradient`; for a `torch.Tensor` `x` (ART's PyTorch PGD passes batches on the
+        device), a tensor on that device."""
+        if not isinstance(x, torch.Tensor):
+            return super().loss_gradient(x, y, training_mode=training_mode)
+        labels = y if isinstance(y, torch.Tensor) else torch.as_tensor(one_hot(y, self.nb_classes))
+        labels = labels.to(device=x.device, dtype=torch.float32)
+        if labels.ndim == 1:
+            labels = torch.nn.functional.one_hot(labels.long(), self.nb_classes).float()
+        chunks = [PyTorchClassifier.loss_gradient(self, x[rows], labels[rows], training_mode=training_mode)
                   for rows in batch_slices(len(x), self.batch_size)]
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 1, *x.shape[1:]), np.float32)
+        return torch.cat(chunks) if chunks else torch.zeros_like(x)
 
 
 def input_gradient(objective: Callable, image_shape: tuple,
