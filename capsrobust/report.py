@@ -52,6 +52,11 @@ def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def _num(value, spec: str) -> str:
+    """`value` formatted by `spec`, or a dash where nothing was measured (no image was attacked)."""
+    return "—" if value is None else format(value, spec)
+
+
 def results_table(result: SweepResult, title: str, detection: bool = True) -> Table:
     """One row per (model, attack, eps)."""
     table = Table(title=title)
@@ -63,11 +68,11 @@ def results_table(result: SweepResult, title: str, detection: bool = True) -> Ta
         table.add_column(column, justify="left" if column in ("model", "attack") else "right")
     for c in result.cells:
         row = [_short(c["model_id"]), c["attack"], f"{c['eps']:g}", _pct(c["clean_accuracy"]),
-               _pct(c["adversarial_accuracy"]), _pct(c["attack_success_rate"]), f"{c['linf_mean']:.3f}",
-               f"{c['l2_mean']:.2f}"]
+               _pct(c["adversarial_accuracy"]), _pct(c["attack_success_rate"]), _num(c["linf_mean"], ".3f"),
+               _num(c["l2_mean"], ".2f")]
         if detection:
             row += [_pct(c["detector_fpr"]), _pct(c["detection_rate"]),
-                    "—" if c["auroc"] is None else f"{c['auroc']:.3f}", _pct(c["undetected_success_rate"])]
+                    _num(c["auroc"], ".3f"), _pct(c["undetected_success_rate"])]
         row.append(f"{c['seconds']:.1f}s")
         table.add_row(*row)
     return table
