@@ -32,6 +32,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from capsrobust.art_bridge.batched import BatchedBridge
 from capsrobust.errors import ConfigError
 from capsrobust.losses import difference_of_logits_ratio, softmax_cross_entropy
 
@@ -59,7 +60,7 @@ def _backend() -> str:
     return backend
 
 
-def to_art_classifier(model, loss: str = "model", batch_size: int = 128):
+def to_art_classifier(model, loss: str = "model", batch_size: int = 128) -> BatchedBridge:
     """Wraps `model` as an ART classifier of the running backend, with `clip_values=(0, 1)` and an explicit loss.
 
     Args:
@@ -89,7 +90,7 @@ def to_art_classifier(model, loss: str = "model", batch_size: int = 128):
     return bridge(model, loss, per_example, batch_size)
 
 
-def with_loss(classifier, loss: str):
+def with_loss(classifier: BatchedBridge, loss: str) -> BatchedBridge:
     """Another bridge on `classifier`'s model and batch size, climbing `loss` (one of `LOSSES`) instead."""
     return to_art_classifier(classifier.source_model, loss, classifier.batch_size)
 
