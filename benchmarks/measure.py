@@ -79,3 +79,26 @@ class CompiledStep:
 def to_device(arrays: Sequence[np.ndarray]) -> list:
     """Numpy arrays as backend tensors, so that timings do not include the host-to-device copy."""
     return [keras.ops.convert_to_tensor(a) for a in arrays]
+
+
+def training_steps(name: str, dataset, batch_size: int, steps: int) -> Callable[[], None]:
+    """`steps` optimizer steps of model `name` on shift-augmented batches, fed and compiled as the trainer does.
+
+    The model is built with seed 0 and its first (compiling) step has run, so every call of the result is timed work.
+    """
+    from capsrobust.models import create_model
+    from capsrobust.training import seed_everything
+    from capsrobust.training.augment import ShiftedBatches
+
+    seed_everything(0)
+    model = create_model(name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
+    batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, batch_size, max_shift=2, seed=0)
+    fed = [batches[i] for i in range(steps)]
+    model.train_on_batch(*fed[0])
+
+    def run() -> None:
+        for inputs, labels in fed:
+            model.train_on_batch(inputs, labels)
+
+    return run

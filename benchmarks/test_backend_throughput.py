@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from attacks import make_attack
+from benchmarks.measure import training_steps
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.models import create_model
 from capsrobust.training import seed_everything
-from capsrobust.training.augment import ShiftedBatches
 
 BACKEND = keras.backend.backend()
 MODELS = ["capsnet-small", "cnn-small", "capsnet"]
@@ -31,18 +31,7 @@ PGD_IMAGES = 32
 @pytest.mark.parametrize("backend", [BACKEND])
 @pytest.mark.parametrize("name", MODELS)
 def test_train_throughput(benchmark, record, benchmark_dataset, name, backend):
-    seed_everything(0)
-    model = create_model(name)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
-    data = benchmark_dataset
-    batches = ShiftedBatches(data.x_train, data.y_train, data.num_classes, BATCH, max_shift=2, seed=0)
-    steps = [batches[i] for i in range(TRAIN_STEPS)]
-    model.train_on_batch(*steps[0])
-
-    def run():
-        for inputs, labels in steps:
-            model.train_on_batch(inputs, labels)
-
+    run = training_steps(name, benchmark_dataset, BATCH, TRAIN_STEPS)
     benchmark.pedantic(run, rounds=3, iterations=1)
     record("backend", f"{name} train", backend, images=TRAIN_STEPS * BATCH, model=name, measure="train")
 

@@ -6,13 +6,10 @@ Each round runs `STEPS` training steps (batch 128, less where memory forbids) on
 trainer feeds them, compiled as the trainer compiles them; the first (compiling) step runs before timing.
 """
 
-import keras
 import numpy as np
 import pytest
 
-from capsrobust.models import create_model
-from capsrobust.training import seed_everything
-from capsrobust.training.augment import ShiftedBatches
+from benchmarks.measure import training_steps
 
 BATCH = 128
 # em-capsnet's routing tensors are (batch, 25 positions, 288 children, 32 parents, 16) floats, ~15 MB per image and
@@ -25,18 +22,8 @@ MODELS = ["capsnet", "capsnet-small", "em-capsnet", "em-capsnet-small", "cnn-bas
 @pytest.mark.parametrize("name", MODELS)
 def test_train_step_throughput(benchmark, record, benchmark_dataset, name):
     batch = SMALLER_BATCH.get(name, BATCH)
-    seed_everything(0)
-    model = create_model(name)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
     data = benchmark_dataset
-    batches = ShiftedBatches(data.x_train, data.y_train, data.num_classes, batch, max_shift=2, seed=0)
-    steps = [batches[i] for i in range(STEPS)]
-    model.train_on_batch(*steps[0])
-
-    def run():
-        for inputs, labels in steps:
-            model.train_on_batch(inputs, labels)
-
+    run = training_steps(name, data, batch, STEPS)
     benchmark.pedantic(run, rounds=3, iterations=1)
     record("training", name, "fast", images=STEPS * batch, batch=batch, dataset=data.describe()["source"])
     assert np.isfinite(benchmark.stats.stats.median)

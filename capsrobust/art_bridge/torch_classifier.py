@@ -36,7 +36,9 @@ class _AttackLoss(torch.nn.Module):
 
     def forward(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         losses = self.per_example_loss(labels, scores)
-        return {"none": lambda: losses, "mean": losses.mean, "sum": losses.sum}[self.reduction]()
+        if self.reduction == "none":
+            return losses
+        return losses.mean() if self.reduction == "mean" else losses.sum()
 
 
 class TorchBridge(BatchedBridge, PyTorchClassifier):
