@@ -61,9 +61,9 @@ class ShiftedBatches(keras.utils.PyDataset):
     (`(batch_size, crop, crop, channels)` with `crop`) and labels `(batch_size, num_classes)`; the label input lets
     capsule decoders mask by the true class.
 
-    With `multiple_of` (the replica count under JAX's data parallelism, which shards every batch evenly over the
-    devices), every batch holds a multiple of that many images: the last batch drops its remainder, which falls on
-    different images each epoch.
+    With `multiple_of` (`capsrobust.training.distribute.batch_multiple`: the replica count under JAX, which shards
+    every batch evenly over the devices), every batch holds a multiple of that many images: the last batch drops its
+    remainder, which falls on different images each epoch.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,

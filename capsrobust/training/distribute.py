@@ -102,6 +102,12 @@ def scope(strategy: str, devices: int | None) -> Iterator[int]:
         raise ConfigError(f"--strategy {strategy} needs the tensorflow or jax backend, not {backend}")
 
 
+def batch_multiple(replicas: int) -> int:
+    """What every batch's size must be a multiple of: JAX's `DataParallel` shards each batch evenly over the
+    replicas (and raises on a batch of 77 over 2); tf.distribute splits an uneven batch itself."""
+    return replicas if keras.backend.backend() == "jax" else 1
+
+
 def _chosen(available: list, devices: int | None) -> list:
     if devices and len(available) < devices:
         raise ConfigError(f"--devices {devices} asked for more devices than there are: "

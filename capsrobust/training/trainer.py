@@ -16,7 +16,7 @@ from capsrobust.training.augment import ShiftedBatches
 from capsrobust.training.callbacks import EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard, RichProgress
 from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
-from capsrobust.training.distribute import resolve_strategy, scope
+from capsrobust.training.distribute import batch_multiple, resolve_strategy, scope
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,9 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     seed_everything(settings.seed)
     with scope(settings.strategy, settings.devices) as replicas:
         model = create_model(model_name, **model_config)
-        # tf.distribute splits an uneven batch over its replicas itself; JAX's DataParallel cannot.
-        even = replicas if keras.backend.backend() == "jax" else 1
         batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
-                                 settings.max_shift, settings.seed, crop=dataset.train_crop, multiple_of=even)
+                                 settings.max_shift, settings.seed, crop=dataset.train_crop,
+                                 multiple_of=batch_multiple(replicas))
         schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
                                                                decay_rate=settings.lr_decay, staircase=True)
         model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
