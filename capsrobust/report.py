@@ -34,8 +34,20 @@ def _short(model_id: str) -> str:
     return match.group(1) if match else model_id
 
 
+PARTIAL_FILE = "sweep.partial.json"
+
+
+def write_partial(result: SweepResult, out_dir: Path, metadata: dict) -> Path:
+    """Writes the cells finished so far to `sweep.partial.json`, atomically; `write_results` removes it."""
+    path = out_dir / PARTIAL_FILE
+    write_json(path, {"config": config_dict(result.config), **metadata, "complete": False, "cells": result.cells,
+                      "skipped": result.skipped})
+    return path
+
+
 def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
-    """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically."""
+    """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically,
+    and removes the partial results of the same sweep."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
                                         "cells": result.cells, "worst_case": result.worst_case,
@@ -46,6 +58,7 @@ def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
     writer.writerows(result.cells)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
+    (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
 
 def _pct(value) -> str:

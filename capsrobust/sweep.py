@@ -14,6 +14,7 @@ sweep, added if not asked for) and the source's accuracy on its own images.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -79,7 +80,8 @@ class SweepResult:
 
 
 def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
-              progress=None, sources: list[ModelUnderTest] | None = None) -> SweepResult:
+              progress=None, sources: list[ModelUnderTest] | None = None,
+              on_cell: Callable[[SweepResult], None] | None = None) -> SweepResult:
     """Attacks every model with every method at every eps.
 
     Args:
@@ -89,6 +91,8 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
         labels: `(num_images,)` integer labels.
         progress: a `rich.progress.Progress` to advance, or None.
         sources: the models transfer attacks craft on (each target is attacked from every source but itself).
+        on_cell: called with the result so far after each finished cell (to save it: a long sweep that is stopped
+            keeps what it measured).
 
     Returns:
         A `SweepResult` with one cell per (model, method, eps) (per source for transfer), the per-image worst case
@@ -131,6 +135,8 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
                 result.examples[(mut.id, cell["attack"], eps)] = example
                 if roc is not None:
                     result.roc[(mut.id, cell["attack"], eps)] = roc
+                if on_cell is not None:
+                    on_cell(result)
                 if progress is not None:
                     progress.advance(task)
         result.worst_case.extend(_worst_case(mut, result.cells, survived, undetected, correct))

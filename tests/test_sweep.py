@@ -54,3 +54,45 @@ def test_nan_inputs_are_refused(trained_capsnet):
     images[0, 0, 0, 0] = np.nan
     with pytest.raises(ConfigError):
         run_sweep([mut], SweepConfig(methods=("fgsm",), eps_values=(0.1,)), images, data.y_test[:4])
+
+
+def test_a_stopped_sweep_keeps_its_finished_cells(trained_capsnet, tmp_path, monkeypatch, capsys):
+    """Each finished cell is saved at once; a sweep stopped in its third cell leaves the first two, and nothing else."""
+    import argparse
+
+    from capsrobust.cli.evaluate import run_and_report
+
+    mut, data = trained_capsnet
+    saved_cells = []
+
+    def write_then_stop(so_far, out_dir, metadata):
+        written = report_write_partial(so_far, out_dir, metadata)
+        saved_cells.append(len(so_far.cells))
+        if len(saved_cells) == 2:
+            raise KeyboardInterrupt
+        return written
+
+    report_write_partial = report.write_partial
+    monkeypatch.setattr(report, "write_partial", write_then_stop)
+    config = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.1, 0.3), steps=3, trust_checks=False)
+    args = argparse.Namespace(limit=20, output=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run_and_report("attack", [mut], data, config, args)
+
+    assert saved_cells == [1, 2]
+    (out_dir,) = tmp_path.iterdir()
+    assert [p.name for p in out_dir.iterdir()] == [report.PARTIAL_FILE]
+    partial = json.loads((out_dir / report.PARTIAL_FILE).read_text())
+    assert partial["complete"] is False and partial["config"]["methods"] == ["fgsm", "bim"]
+    assert [(c["attack"], c["eps"]) for c in partial["cells"]] == [("fgsm", 0.1), ("fgsm", 0.3)]
+    assert str(out_dir / report.PARTIAL_FILE) in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_finished_sweep_replaces_its_partial_results(trained_capsnet, tmp_path):
+    mut, data = trained_capsnet
+    result = run_sweep([mut], SweepConfig(methods=("fgsm",), eps_values=(0.1,), trust_checks=False),
+                       data.x_test[:10], data.y_test[:10],
+                       on_cell=lambda so_far: report.write_partial(so_far, tmp_path, {"command": "test"}))
+    assert len(json.loads((tmp_path / report.PARTIAL_FILE).read_text())["cells"]) == 1
+    report.write_results(result, tmp_path, {"command": "test"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv", "sweep.json"]

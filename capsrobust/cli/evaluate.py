@@ -127,25 +127,30 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same second.
     out_dir = new_directory(args.output or "capsrobust-output",
                             report.output_dir_name(command, [m.id for m in under_test], dataset.name, config))
-    try:
-        with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err_console, transient=True) as progress:
-            result = run_sweep(under_test, config, images, labels, progress=progress, sources=sources)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            out_dir.rmdir()  # only if still empty
-        raise
     metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
                            for m in under_test},
                 "transfer_sources": {m.id: {"card": m.card} for m in sources or []}}
+
+    def save_partial(so_far) -> None:
+        with _writing_to(out_dir):
+            report.write_partial(so_far, out_dir, metadata)
+
     try:
+        with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err_console, transient=True) as progress:
+            result = run_sweep(under_test, config, images, labels, progress=progress, sources=sources,
+                               on_cell=save_partial)
+    except BaseException:
+        partial = out_dir / report.PARTIAL_FILE
+        if partial.exists():
+            err_console.print(f"the cells finished before the stop are in {partial}", highlight=False)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only if still empty
+        raise
+    with _writing_to(out_dir):
         report.write_results(result, out_dir, metadata)
         plots.write_figures(result, out_dir)
-    except OSError as error:
-        from capsrobust.errors import CapsrobustError
-
-        raise CapsrobustError(f"cannot write results to {out_dir}: {error.strerror}") from None
     title = f"{command}: {len(images)} {dataset.name} test images ({dataset.source}), {result.seconds:.0f}s"
     console.print(report.results_table(result, title, detection=detection))
     console.print(report.worst_case_table(result, detection=detection))
@@ -157,3 +162,14 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
         console.print(report.checks_table(result))
     console.print(f"results, grids and plots in {out_dir}")
     return out_dir
+
+
+@contextlib.contextmanager
+def _writing_to(out_dir: Path):
+    """An unwritable results directory (full disk, lost permissions) as one line, not a traceback."""
+    from capsrobust.errors import CapsrobustError
+
+    try:
+        yield
+    except OSError as error:
+        raise CapsrobustError(f"cannot write results to {out_dir}: {error.strerror}") from None
