@@ -18,16 +18,16 @@ def _small(dataset, n_train=1024, n_val=256):
                                x_val=dataset.x_val[:n_val], y_val=dataset.y_val[:n_val])
 
 
-def _straight_and_resumed(dataset, tmp_path):
+def _straight_and_resumed(name, dataset, tmp_path):
     """Two runs of 2 epochs: one uninterrupted, one "interrupted" after epoch 1 and resumed in the same directory."""
     data = _small(dataset)
-    config = model_config("capsnet-small")
-    straight = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
-    fit("capsnet-small", config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
+    config = model_config(name)
+    straight = fit(name, config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
+    fit(name, config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
     state = load_state(tmp_path / "b")
     state.finished = False
     (tmp_path / "b" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
-    resumed = fit("capsnet-small", config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "b")
+    resumed = fit(name, config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "b")
     return straight, resumed
 
 
@@ -41,18 +41,13 @@ def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
 
 
-def test_training_is_deterministic_and_resume_matches_an_uninterrupted_run(mnist_subset, tmp_path):
-    straight, resumed = _straight_and_resumed(mnist_subset, tmp_path)
+def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one(mnist_subset, tmp_path):
+    """capsnet-small here; cnn-small, whose dropout masks must resume too, on every backend in test_backends.py."""
+    straight, resumed = _straight_and_resumed("capsnet-small", mnist_subset, tmp_path)
     assert [h["epoch"] for h in resumed.state.history] == [1, 2]
     assert int(resumed.model.optimizer.iterations.numpy()) == int(straight.model.optimizer.iterations.numpy())
-    assert resumed.state.history[0] == straight.state.history[0]  # epoch 1 is bit-identical (determinism)
-
-
-@pytest.mark.xfail(reason="open bug: a resumed epoch differs from the uninterrupted one (max |dw| ~0.01); "
-                          "not the batch order and not Adam's moments, cause still unknown", strict=True)
-def test_resumed_weights_equal_uninterrupted_weights(mnist_subset, tmp_path):
-    straight, resumed = _straight_and_resumed(mnist_subset, tmp_path)
-    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()):
+    assert resumed.state.history == straight.state.history  # epoch 1 by determinism, epoch 2 by a faithful resume
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

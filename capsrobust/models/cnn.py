@@ -1,5 +1,7 @@
 """CNN baselines: Sabour et al.'s baseline, a small CNN, and a CNN with the capsule models' reconstruction decoder."""
 
+import random
+
 import keras
 from keras import ops
 
@@ -52,7 +54,9 @@ class CNN(CapsrobustModel):
         self.pool = keras.layers.MaxPooling2D(2, name="pool") if pool else None
         self.flatten = keras.layers.Flatten(name="flatten")
         self.dense = [keras.layers.Dense(u, activation="relu", name=f"fc{i + 1}") for i, u in enumerate(dense_units)]
-        self.dropout = keras.layers.Dropout(dropout, name="dropout") if dropout else None
+        # An explicit seed, drawn from Python's `random` as Keras draws a missing one: without it the torch backend
+        # takes dropout masks from torch's global generator, whose state no checkpoint holds (a resume would differ).
+        self.dropout = keras.layers.Dropout(dropout, seed=random.randint(1, 10**9), name="dropout") if dropout else None
         if reconstruction:
             self.pose_dim = int(pose_dim)
             self.poses = keras.layers.Dense(num_classes * self.pose_dim, name="poses")

@@ -1,15 +1,17 @@
 """Per-epoch checkpoints of a training run: weights, optimizer state and progress, written so a kill loses nothing.
 
-A run directory holds `epoch-NNNN.weights.h5` and `epoch-NNNN.optimizer.npz` (Adam's moments and step count) for
-the last completed epoch, the `epoch-NNNN.weights.h5` of the best validation epoch, and `state.json`, which names
-both. Files are written under temporary names and renamed; `state.json` is replaced last and files it no longer
-names are deleted after it, so after a kill at any instant it points at a complete checkpoint and at the weights of
-the best epoch it records (a separate `best.weights.h5` replaced before `state.json` could hold an epoch the state
-never recorded). Nothing here uses pickle: all of it is HDF5, `.npz` arrays loaded with `allow_pickle=False`, and
-JSON.
+A run directory holds `epoch-NNNN.weights.h5`, `epoch-NNNN.optimizer.npz` (Adam's moments and step count) and
+`epoch-NNNN.rng.npz` (the states of the model's random seed generators, e.g. dropout's) for the last completed
+epoch, the `epoch-NNNN.weights.h5` of the best validation epoch, and `state.json`, which names all of them. Files
+are written under temporary names and renamed; `state.json` is replaced last and files it no longer names are
+deleted after it, so after a kill at any instant it points at a complete checkpoint and at the weights of the best
+epoch it records (a separate `best.weights.h5` replaced before `state.json` could hold an epoch the state never
+recorded). Nothing here uses pickle: all of it is HDF5, `.npz` arrays loaded with `allow_pickle=False`, and JSON.
 """
 
 import os
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,8 +86,14 @@ def save_checkpoint(run_dir: Path, model, state: RunState) -> None:
         model.optimizer.save_own_variables(variables)
         with open(tmp, "wb") as f:
             np.savez(f, **variables)
+    # Dropout's seed generators are variables but not weights, so `save_weights` leaves them out: without their
+    # states a resumed run would draw the dropout masks of its process's first epoch again, not the next epoch's.
+    with atomic_path(run_dir / f"{stem}.rng.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, *[v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in _seed_states(model)])
     save_state(run_dir, state)
-    keep = {f"{stem}.weights.h5", f"{stem}.optimizer.npz", f"{_epoch_stem(state.best_epoch)}.weights.h5"}
+    keep = {f"{stem}.weights.h5", f"{stem}.optimizer.npz", f"{stem}.rng.npz",
+            f"{_epoch_stem(state.best_epoch)}.weights.h5"}
     for old in run_dir.glob("epoch-*"):
         if old.name not in keep:
             old.unlink(missing_ok=True)
@@ -106,14 +114,38 @@ def restore_checkpoint(run_dir: Path, model, state: RunState) -> None:
     """
     stem = Path(run_dir) / _epoch_stem(state.epoch)
     try:
-        model.load_weights(f"{stem}.weights.h5")
+        with warnings.catch_warnings():
+            # The weights file holds the optimizer's variables too, which an unbuilt optimizer skips with a warning;
+            # they are loaded from the .npz below.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(f"{stem}.weights.h5")
         model.optimizer.build(model.trainable_variables)
         with np.load(f"{stem}.optimizer.npz", allow_pickle=False) as saved:
             model.optimizer.load_own_variables({key: saved[key] for key in saved.files})
-    except (OSError, ValueError, KeyError) as error:  # missing, truncated, pickled or from another architecture
+        _restore_seed_states(model, Path(f"{stem}.rng.npz"))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # missing, truncated, pickled, foreign
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise StoreError(f"{run_dir}: the checkpoint of epoch {state.epoch} is missing or damaged ({reason}); "
                          f"this run cannot be resumed, start a new one") from None
+
+
+def _seed_states(model) -> list:
+    """The model's variables that are neither weights nor metric state: its random seed generators' states."""
+    known = {id(v) for v in model.weights} | {id(v) for v in model.metrics_variables}
+    return [v for v in model.variables if id(v) not in known]
+
+
+def _restore_seed_states(model, path: Path) -> None:
+    """Loads `_seed_states` saved by `save_checkpoint`; a checkpoint from before they were saved has none to load."""
+    if not path.exists():
+        return
+    states = _seed_states(model)
+    with np.load(path, allow_pickle=False) as saved:
+        values = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+    if [tuple(v.shape) for v in states] != [value.shape for value in values]:
+        raise ValueError(f"{path.name} holds {len(values)} seed states that do not fit this model's {len(states)}")
+    for variable, value in zip(states, values):
+        variable.assign(value)
 
 
 def remove_temporaries(run_dir: Path) -> None:

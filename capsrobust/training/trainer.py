@@ -177,8 +177,10 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
     with relay.watching():
         for epoch in range(state.epoch, settings.epochs):
             batches.epoch = epoch
+            # shuffle=False: the batches already come in an order drawn from (seed, epoch); Keras would shuffle
+            # them again with Python's global `random`, whose state a resumed process does not have.
             model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
-                      epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0)
+                      epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0, shuffle=False)
             relay.on_epoch_end(epoch)  # an interrupt swallowed after the last callback of the epoch
             if model.stop_training or guard.tripped_at is not None:
                 break

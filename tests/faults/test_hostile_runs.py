@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import assert_one_line_error
@@ -30,6 +31,10 @@ def interrupted_store(tmp_path_factory):
     return root, run_dir.name
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40])  # a zip's local header, cut off: what a full disk leaves
+
+
 def _write(name: str, text: str):
     return lambda run: (run / name).write_text(text)
 
@@ -45,6 +50,12 @@ FAULTS = {
                                      "the checkpoint of epoch 1 is missing or damaged"),
     "checkpoint-optimizer-pickled": (_write("epoch-0001.optimizer.npz", "junk"),
                                      "the checkpoint of epoch 1 is missing or damaged"),
+    "checkpoint-optimizer-truncated": (lambda run: _truncate(run / "epoch-0001.optimizer.npz"),
+                                       "the checkpoint of epoch 1 is missing or damaged"),
+    "checkpoint-seed-state-truncated": (lambda run: _truncate(run / "epoch-0001.rng.npz"),
+                                        "the checkpoint of epoch 1 is missing or damaged"),
+    "checkpoint-seed-state-foreign": (lambda run: np.savez(run / "epoch-0001.rng.npz", np.zeros(3)),
+                                      "seed states that do not fit this model"),
     "run-json-not-json": (_write("run.json", "{not json"), "run.json is missing, unreadable or incomplete"),
     "run-json-incomplete": (_write("run.json", "{}"), "run.json is missing, unreadable or incomplete"),
 }
