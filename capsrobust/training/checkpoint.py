@@ -15,6 +15,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from capsrobust.errors import StoreError
@@ -90,7 +91,7 @@ def save_checkpoint(run_dir: Path, model, state: RunState) -> None:
     # states a resumed run would draw the dropout masks of its process's first epoch again, not the next epoch's.
     with atomic_path(run_dir / f"{stem}.rng.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, *[v.numpy() if hasattr(v, "numpy") else np.asarray(v) for v in _seed_states(model)])
+            np.savez(f, *[keras.ops.convert_to_numpy(v) for v in _seed_states(model)])
     save_state(run_dir, state)
     keep = {f"{stem}.weights.h5", f"{stem}.optimizer.npz", f"{stem}.rng.npz",
             f"{_epoch_stem(state.best_epoch)}.weights.h5"}
