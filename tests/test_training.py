@@ -42,8 +42,8 @@ def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
 
 
 def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one(mnist_subset, tmp_path):
-    """capsnet-small here; cnn-small, whose dropout masks must resume too, on every backend in test_backends.py."""
-    straight, resumed = _straight_and_resumed("capsnet-small", mnist_subset, tmp_path)
+    """cnn-small, whose dropout masks must resume too (the other backends: test_backends.py)."""
+    straight, resumed = _straight_and_resumed("cnn-small", mnist_subset, tmp_path)
     assert [h["epoch"] for h in resumed.state.history] == [1, 2]
     assert int(resumed.model.optimizer.iterations.numpy()) == int(straight.model.optimizer.iterations.numpy())
     assert resumed.state.history == straight.state.history  # epoch 1 by determinism, epoch 2 by a faithful resume
