@@ -57,22 +57,22 @@ def test_nan_inputs_are_refused(trained_capsnet):
 
 
 def test_a_stopped_sweep_keeps_its_finished_cells(trained_capsnet, tmp_path, monkeypatch, capsys):
-    """Each finished cell is saved at once; a sweep stopped in its third cell leaves the first two, and nothing else."""
+    """Each finished cell is saved at once: a sweep stopped (Ctrl-C) right after its second cell keeps those two."""
     import argparse
 
     from capsrobust.cli.evaluate import run_and_report
 
     mut, data = trained_capsnet
     saved_cells = []
+    write_partial = report.write_partial
 
     def write_then_stop(so_far, out_dir, metadata):
-        written = report_write_partial(so_far, out_dir, metadata)
+        written = write_partial(so_far, out_dir, metadata)
         saved_cells.append(len(so_far.cells))
         if len(saved_cells) == 2:
             raise KeyboardInterrupt
         return written
 
-    report_write_partial = report.write_partial
     monkeypatch.setattr(report, "write_partial", write_then_stop)
     config = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.1, 0.3), steps=3, trust_checks=False)
     args = argparse.Namespace(limit=20, output=str(tmp_path))

@@ -89,8 +89,8 @@ def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     assert state["history"][0] == epoch_1, "epoch 1 was trained again instead of resumed"
     assert _optimizer_step(run_dir, 2) == 2 * STEPS, "the optimizer restarted instead of resuming"
     best = f"epoch-{state['best_epoch']:04d}.weights.h5"
-    assert {p.name for p in run_dir.glob("epoch-*")} == {"epoch-0002.weights.h5", "epoch-0002.optimizer.npz",
-                                                              "epoch-0002.rng.npz", best}
+    assert {p.name for p in run_dir.glob("epoch-*")} == {
+        "epoch-0002.weights.h5", "epoch-0002.optimizer.npz", "epoch-0002.rng.npz", best}
     assert not list(run_dir.glob(".*")), "temporary files of the killed checkpoint write were left"
     epoch_2 = state["history"][1]
 
