@@ -18,9 +18,10 @@ from capsrobust.errors import ConfigError
 from capsrobust.models.base import SCORES
 
 
-def _padded_size(rows: int, batch_size: int) -> int:
-    """The compiled batch size serving `rows` images: the next power of two, at most `batch_size`."""
-    return min(batch_size, 1 << max(rows - 1, 0).bit_length())
+def _padded_size(rows: int, batch_size: int | None = None) -> int:
+    """The compiled batch size serving `rows` images: the next power of two, at most `batch_size` (if given)."""
+    size = 1 << max(rows - 1, 0).bit_length()
+    return size if batch_size is None else min(batch_size, size)
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
@@ -117,8 +118,16 @@ def input_gradient(objective: Callable, image_shape: tuple,
     """`capsrobust.art_bridge.input_gradient` under JAX: `jax.grad` of the summed objective, compiled per shape.
 
     The objective reads the model's variables directly, so their values are compiled into the program as constants:
-    fine for attacks, which never change the weights.
+    fine for attacks, which never change the weights. Batches are padded to a power of two, as in `JaxBridge`: the
+    attacks stop moving images once they are fooled, so the batch shrinks step by step.
     """
     del image_shape, num_classes  # shapes come from the arrays; kept for the same signature on every backend
-    gradient = jax.jit(jax.grad(lambda images, labels: jnp.sum(objective(images, labels))))
-    return lambda images, labels: np.asarray(gradient(np.asarray(images, np.float32), np.asarray(labels, np.float32)))
+    compiled = jax.jit(jax.grad(lambda images, labels: jnp.sum(objective(images, labels))))
+
+    def gradient(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        rows = len(images)
+        size = _padded_size(rows)
+        padded = (_pad(np.asarray(array, np.float32), size) for array in (images, labels))
+        return np.asarray(compiled(*padded))[:rows]
+
+    return gradient
