@@ -151,23 +151,16 @@ def test_trained_under_another_backend_loads_here(backend, run_under_backend):
                                                                             abs=2 / len(dataset.x_test))
 
 
+# test_training's straight-vs-resumed pair of runs, under another backend (the subprocess imports this checkout).
 RESUME = """
-import dataclasses, json
+import sys
+from pathlib import Path
 import numpy as np
 from capsrobust.data import load_dataset
-from capsrobust.models import model_config
-from capsrobust.training import TrainSettings, fit, load_state
+sys.path.insert(0, "tests")
+from test_training import _straight_and_resumed
 
-data = load_dataset("mnist", subset=True)
-data = dataclasses.replace(data, x_train=data.x_train[:256], y_train=data.y_train[:256], x_val=data.x_val[:64],
-                           y_val=data.y_val[:64])
-settings = lambda epochs: TrainSettings(epochs=epochs, batch_size=64, seed=3)
-straight = fit("cnn-small", model_config("cnn-small"), data, settings(2), "straight")
-fit("cnn-small", model_config("cnn-small"), data, settings(1), "resumed")
-state = load_state("resumed")
-state.finished = False
-open("resumed/state.json", "w").write(json.dumps(dataclasses.asdict(state)))
-resumed = fit("cnn-small", model_config("cnn-small"), data, settings(2), "resumed")
+straight, resumed = _straight_and_resumed("cnn-small", load_dataset("mnist", subset=True), Path({run_dir!r}))
 print(max(float(np.abs(a - b).max()) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())))
 """
 
@@ -176,5 +169,5 @@ print(max(float(np.abs(a - b).max()) for a, b in zip(straight.model.get_weights(
 def test_a_resumed_run_equals_an_uninterrupted_one_on_the_other_backends(backend, run_under_backend, tmp_path):
     """cnn-small has dropout: under torch its masks come from Keras's seed generator, whose state the checkpoint
     keeps, not from torch's global generator, whose state it does not. (This process's backend: test_training.py.)"""
-    script = f"import os\nos.chdir({str(tmp_path)!r})\n" + RESUME
-    assert float(run_under_backend(backend, script).strip().splitlines()[-1]) == 0.0
+    output = run_under_backend(backend, RESUME.format(run_dir=str(tmp_path)))
+    assert float(output.strip().splitlines()[-1]) == 0.0
