@@ -7,8 +7,8 @@
 >>> make_attack("vote", classifier, eps=0.1, seed=0).generate(images, labels)  # a capsule model's classifier
 """
 
-from attacks.factories import (ATTACKS, NORMS, AttackParams, AttackSpec, ConfiguredAttack, attack_defaults,
+from attacks.factories import (ATTACKS, NORMS, AttackParams, AttackSpec, attack_defaults,
                                get_attack_spec, make_attack, params_record, resolve_params, validate_inputs)
 
-__all__ = ["ATTACKS", "NORMS", "AttackParams", "AttackSpec", "ConfiguredAttack", "attack_defaults", "get_attack_spec",
+__all__ = ["ATTACKS", "NORMS", "AttackParams", "AttackSpec", "attack_defaults", "get_attack_spec",
            "make_attack", "params_record", "resolve_params", "validate_inputs"]

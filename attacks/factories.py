@@ -1,9 +1,12 @@
-"""Named attack factories, with every parameter set from the literature, never ART's defaults.
+"""Named attack factories, with every parameter set from the literature, never a library's defaults.
 
 ART's FastGradientMethod, BasicIterativeMethod and ProjectedGradientDescent default to `eps_step=0.1` and
-`max_iter=100`, which are nobody's protocol. `make_attack` resolves each parameter from the method's published rule
-(`attack_defaults`) unless given, passes all of them to ART explicitly, and returns a `ConfiguredAttack` that records
-them (`attack.record()`) for reports.
+`max_iter=100`, which are nobody's protocol, and return each image's last iterate, so an image that an earlier step
+had fooled and a later one moved back counts as robust. `make_attack` resolves each parameter from the method's
+published rule (`attack_defaults`) unless given and builds FGSM, BIM and PGD on `attacks.iterative`, which keeps each
+image's first successful iterate and chains the losses (cross-entropy, then DLR on the survivors, by default);
+`tests/test_attacks.py` checks that loop against ART's BIM and PGD step for step. Every attack records its
+parameters (`attack.record()`) for reports.
 
 Defaults (`eps` on the [0, 1] pixel scale):
 
@@ -16,7 +19,9 @@ Defaults (`eps` on the [0, 1] pixel scale):
   step = 2.5 * eps / steps, is the one used here for L2.
 - L2 (`norm="2"`) for BIM and PGD: 40 steps of 2.5 * eps / 40 (Madry et al.'s robustness library), since pixel-scale
   L-inf steps are meaningless there; PGD keeps its random start.
-- `pgd100`: Madry et al.'s MNIST evaluation attack, 100 steps of 0.01 from a random start.
+- `pgd100`: Madry et al.'s MNIST evaluation attack, 100 steps of 0.01 from a random start, 5 restarts (each on the
+  images the earlier ones left; Madry et al. used 50 on their challenge). `restarts` sets it for any method with a
+  random start.
 
 The attacks that target capsules, and the stronger and black-box ones, have their own modules (each documents its
 defaults and sources): `vote` and `vote-da` (attacks/vote.py), `rbim` (attacks/rbim.py), `autoattack`
@@ -33,7 +38,6 @@ from typing import Callable
 
 import numpy as np
 from art.attacks import EvasionAttack
-from art.attacks.evasion import BasicIterativeMethod, FastGradientMethod, ProjectedGradientDescent
 
 from capsrobust.errors import ConfigError
 
@@ -43,6 +47,7 @@ NORMS: dict[str, tuple[float, float | None]] = {"inf": (np.inf, 1.0), "2": (2, N
 L2_STEPS = 40
 PGD_STEP, PGD_STEPS = 0.01, 40
 PGD_EVAL_STEPS = 100  # Madry et al.'s MNIST evaluation (and challenge leaderboard) PGD: 100 steps of 0.01
+PGD_EVAL_RESTARTS = 5
 BIM_STEP = 1 / 255
 TRANSFER_BASE = "pgd"
 
@@ -60,6 +65,7 @@ class AttackParams:
         random_start: whether the first step starts from a uniform random point in the eps-ball.
         targeted: whether the attack moves towards given target labels instead of away from the true ones.
         batch_size: images per attack batch.
+        restarts: runs from new random starts, each on the images the earlier ones left (1: a single run).
         seed: the seed of numpy's global generator while generating (ART draws its random starts there), or None.
         options: the method's own parameters (`AttackSpec.options`), e.g. R-BIM's `recon_weight`; empty for FGSM,
             BIM and PGD.
@@ -75,6 +81,7 @@ class AttackParams:
     batch_size: int
     seed: int | None
     options: dict = field(default_factory=dict)
+    restarts: int = 1
 
     @property
     def art_norm(self) -> float:
@@ -82,29 +89,31 @@ class AttackParams:
 
 
 def _fgsm_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
-    return {"step_size": eps, "steps": 1, "random_start": False}
+    return {"step_size": eps, "steps": 1, "random_start": False, "restarts": 1}
 
 
 def _bim_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
     if norm != "inf":
-        return {"step_size": 2.5 * eps / L2_STEPS, "steps": L2_STEPS, "random_start": False}
+        return {"step_size": 2.5 * eps / L2_STEPS, "steps": L2_STEPS, "random_start": False, "restarts": 1}
     pixels = eps * 255  # Kurakin et al. count in 0-255 pixel units; round away float noise (8/255*255 = 8.000000001)
     return {"step_size": BIM_STEP, "steps": max(1, math.ceil(round(min(pixels + 4, 1.25 * pixels), 6))),
-            "random_start": False}
+            "random_start": False, "restarts": 1}
 
 
 def _pgd_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
     step = PGD_STEP if norm == "inf" else 2.5 * eps / L2_STEPS
-    return {"step_size": step, "steps": PGD_STEPS if norm == "inf" else L2_STEPS, "random_start": True}
+    return {"step_size": step, "steps": PGD_STEPS if norm == "inf" else L2_STEPS, "random_start": True,
+            "restarts": 1}
 
 
 def _pgd100_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
-    return {**_pgd_defaults(eps, norm), "steps": PGD_EVAL_STEPS}
+    step = PGD_STEP if norm == "inf" else 2.5 * eps / PGD_EVAL_STEPS
+    return {"step_size": step, "steps": PGD_EVAL_STEPS, "random_start": True, "restarts": PGD_EVAL_RESTARTS}
 
 
 def _autoattack_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
     # Croce & Hein (2020): APGD starts with a step of 2 eps (it halves the step itself) and runs 100 iterations.
-    return {"step_size": 2 * eps, "steps": 100, "random_start": True}
+    return {"step_size": 2 * eps, "steps": 100, "random_start": True, "restarts": 1}
 
 
 def _transfer_defaults(eps: float, norm: str, options: dict | None = None) -> dict:
@@ -112,30 +121,9 @@ def _transfer_defaults(eps: float, norm: str, options: dict | None = None) -> di
     return ATTACKS[base].defaults(eps, norm, options)
 
 
-def _art_step(params: AttackParams) -> float:
-    # ART rejects eps_step <= 0 even at eps = 0, where the projection onto the eps-ball undoes every step anyway.
-    return float(params.step_size) if params.step_size > 0 else 1.0
-
-
-def _build_fgsm(classifier, params: AttackParams) -> EvasionAttack:
-    # Without `minimal`, ART's FGM steps by `eps` and ignores `eps_step`; it has no progress bar to silence.
-    return FastGradientMethod(classifier, norm=params.art_norm, eps=params.eps, eps_step=_art_step(params),
-                              targeted=params.targeted, num_random_init=int(params.random_start),
-                              batch_size=params.batch_size, minimal=False, summary_writer=False)
-
-
-def _build_bim(classifier, params: AttackParams) -> EvasionAttack:
-    attack = BasicIterativeMethod(classifier, eps=params.eps, eps_step=_art_step(params), max_iter=params.steps,
-                                  targeted=params.targeted, batch_size=params.batch_size, verbose=False)
-    attack.set_params(norm=params.art_norm)  # its constructor fixes L-inf; set_params reaches the PGD underneath
-    return attack
-
-
-def _build_pgd(classifier, params: AttackParams) -> EvasionAttack:
-    return ProjectedGradientDescent(classifier, norm=params.art_norm, eps=params.eps, eps_step=_art_step(params),
-                                    decay=None, max_iter=params.steps, targeted=params.targeted,
-                                    num_random_init=int(params.random_start), batch_size=params.batch_size,
-                                    random_eps=False, summary_writer=False, verbose=False)
+def _build_gradient(classifier, params: AttackParams) -> EvasionAttack:
+    from attacks.iterative import gradient_attack  # attacks/iterative.py imports this module's AttackParams
+    return gradient_attack(classifier, params)
 
 
 def _build_vote(classifier, params: AttackParams) -> EvasionAttack:
@@ -150,7 +138,7 @@ def _build_rbim(classifier, params: AttackParams) -> EvasionAttack:
 
 def _build_autoattack(classifier, params: AttackParams) -> EvasionAttack:
     from attacks.autoattack import build_autoattack
-    return build_autoattack(classifier, params)
+    return build_autoattack(classifier, params, fast=params.method == "autoattack-fast")
 
 
 def _build_transfer(classifier, params: AttackParams) -> EvasionAttack:
@@ -192,6 +180,8 @@ class AttackSpec:
         applies: `model -> None`, or why the attack does not apply to that model.
         white_box: crafted with the attacked model's own gradients (transfer is not, so the sweep's white-box
             checks leave it out).
+        adapts_step: the attack sets its own step size from its initial one (APGD halves it), so fewer steps do
+            not call for a larger step.
     """
 
     name: str
@@ -205,6 +195,7 @@ class AttackSpec:
     options: dict = field(default_factory=dict)
     applies: Callable[[object], str | None] = lambda model: None
     white_box: bool = True
+    adapts_step: bool = False
 
 
 def _lazy(module: str, name: str) -> type:
@@ -218,27 +209,33 @@ RECON_WEIGHT = 0.1
 # Andriushchenko et al. (2020) Square's query budget in the reference AutoAttack "standard" version.
 SQUARE_QUERIES = 5000
 
+_LOOP = _lazy("attacks.iterative", "ObjectiveAttack")
+_ENSEMBLE = _lazy("attacks.autoattack", "AutoAttackEnsemble")
+
 ATTACKS: dict[str, AttackSpec] = {spec.name: spec for spec in (
     AttackSpec("fgsm", "Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps",
-               FastGradientMethod, _fgsm_defaults, _build_fgsm, single_step=True),
+               _LOOP, _fgsm_defaults, _build_gradient, single_step=True),
     AttackSpec("bim", "Basic Iterative Method (Kurakin et al. 2017): steps of 1/255, no random start",
-               BasicIterativeMethod, _bim_defaults, _build_bim, random_start_allowed=False),
+               _LOOP, _bim_defaults, _build_gradient, random_start_allowed=False),
     AttackSpec("pgd", "Projected Gradient Descent (Madry et al. 2018): 40 steps of 0.01 from a random start",
-               ProjectedGradientDescent, _pgd_defaults, _build_pgd),
-    AttackSpec("pgd100", "PGD as Madry et al. evaluate MNIST models: 100 steps of 0.01 from a random start",
-               ProjectedGradientDescent, _pgd100_defaults, _build_pgd),
+               _LOOP, _pgd_defaults, _build_gradient),
+    AttackSpec("pgd100", "PGD as Madry et al. evaluate MNIST models: 100 steps of 0.01, random start, 5 restarts",
+               _LOOP, _pgd100_defaults, _build_gradient),
     AttackSpec("vote", "vote attack (Gu et al. 2021): PGD on the averaged votes, routing skipped",
                _lazy("attacks.vote", "VoteAttack"), _pgd_defaults, _build_vote, norms=("inf",),
                options={"recon_weight": 0.0}, applies=_needs_votes),
     AttackSpec("vote-da", "detection-aware vote attack (Gu et al. 2021): vote loss minus reconstruction distance",
                _lazy("attacks.vote", "VoteAttack"), _pgd_defaults, _build_vote, norms=("inf",),
-               options={"recon_weight": RECON_WEIGHT}, applies=_needs_votes_and_decoder),
+               options={"recon_weight": RECON_WEIGHT, "detector_threshold": None}, applies=_needs_votes_and_decoder),
     AttackSpec("rbim", "reconstruction-aware BIM (Frosst et al. 2018): loss minus reconstruction distance",
                _lazy("attacks.rbim", "ReconstructionAwareBIM"), _bim_defaults, _build_rbim, norms=("inf",),
-               random_start_allowed=False, options={"recon_weight": RECON_WEIGHT}, applies=_needs_decoder),
-    AttackSpec("autoattack", "ART's AutoAttack: APGD-CE, APGD-DLR, Square (Croce & Hein 2020)",
-               _lazy("art.attacks.evasion", "AutoAttack"), _autoattack_defaults, _build_autoattack, norms=("inf",),
-               options={"queries": SQUARE_QUERIES}),
+               random_start_allowed=False, options={"recon_weight": RECON_WEIGHT, "detector_threshold": None},
+               applies=_needs_decoder),
+    AttackSpec("autoattack", "standard AutoAttack (Croce & Hein 2020): APGD-CE, APGD-T, FAB-T, Square-5000",
+               _ENSEMBLE, _autoattack_defaults, _build_autoattack, options={"queries": SQUARE_QUERIES},
+               adapts_step=True),
+    AttackSpec("autoattack-fast", "AutoAttack's gradient members only: APGD-CE, then APGD-T (9 targets)",
+               _ENSEMBLE, _autoattack_defaults, _build_autoattack, adapts_step=True),
     AttackSpec("transfer", "black-box transfer: crafted on a source model with a white-box attack, tested here",
                _lazy("attacks.transfer", "TransferAttack"), _transfer_defaults, _build_transfer,
                options={"base": TRANSFER_BASE, "source": None}, white_box=False),
@@ -256,6 +253,10 @@ def _check_options(spec: AttackSpec, options: dict | None) -> dict:
     weight = resolved.get("recon_weight")
     if weight is not None and (not _is_number(weight) or not math.isfinite(weight) or weight < 0):
         raise ConfigError(f"recon_weight must be a finite number >= 0. Received: recon_weight={weight!r}")
+    threshold = resolved.get("detector_threshold")
+    if threshold is not None and (not _is_number(threshold) or not math.isfinite(threshold) or threshold < 0):
+        raise ConfigError(f"detector_threshold must be a finite number >= 0. Received: "
+                          f"detector_threshold={threshold!r}")
     queries = resolved.get("queries")
     if queries is not None and (isinstance(queries, bool) or not isinstance(queries, (int, np.integer))
                                 or queries < 1):
@@ -309,7 +310,8 @@ def attack_defaults(method: str, eps: float, norm: str = "inf", options: dict | 
 
 def resolve_params(method: str, eps: float, *, step_size: float | None = None, steps: int | None = None,
                    norm: str = "inf", targeted: bool = False, random_start: bool | None = None,
-                   batch_size: int = 128, seed: int | None = None, options: dict | None = None) -> AttackParams:
+                   batch_size: int = 128, seed: int | None = None, options: dict | None = None,
+                   restarts: int | None = None) -> AttackParams:
     """Checks the arguments of `make_attack` and fills the unset ones from `attack_defaults`.
 
     Raises:
@@ -331,6 +333,13 @@ def resolve_params(method: str, eps: float, *, step_size: float | None = None, s
     if random_start and not spec.random_start_allowed:
         raise ConfigError(f"{method} never starts at random (with a random start it is pgd). "
                           f"Received: random_start={random_start!r}")
+    if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer))
+                                 or restarts < 1):
+        raise ConfigError(f"restarts must be an integer >= 1 (1: a single run). Received: restarts={restarts!r}")
+    start = bool(defaults["random_start"] if random_start is None else random_start)
+    if restarts is not None and restarts > 1 and not start:
+        raise ConfigError(f"restarts need a random start (without one every restart repeats the first); {method} "
+                          f"has none. Received: restarts={restarts!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1. Received: batch_size={batch_size!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
@@ -339,9 +348,9 @@ def resolve_params(method: str, eps: float, *, step_size: float | None = None, s
         method=method, eps=eps, norm=norm,
         step_size=float(defaults["step_size"] if step_size is None else step_size),
         steps=int(defaults["steps"] if steps is None else steps),
-        random_start=bool(defaults["random_start"] if random_start is None else random_start),
-        targeted=bool(targeted), batch_size=int(batch_size), seed=None if seed is None else int(seed),
-        options=options)
+        random_start=start, targeted=bool(targeted), batch_size=int(batch_size),
+        seed=None if seed is None else int(seed), options=options,
+        restarts=1 if not start else int(defaults["restarts"] if restarts is None else restarts))
 
 
 def validate_inputs(x) -> np.ndarray:
@@ -366,53 +375,6 @@ def validate_inputs(x) -> np.ndarray:
     return images
 
 
-class ConfiguredAttack(EvasionAttack):
-    """An ART attack built by `make_attack`, with its resolved parameters and a seeded random start.
-
-    `generate` checks the inputs (`validate_inputs`), then runs the ART attack with numpy's global generator seeded
-    by `params.seed` (ART draws random starts there) and restores the generator's state afterwards.
-
-    Attributes:
-        art_attack: the ART attack (FastGradientMethod, BasicIterativeMethod or ProjectedGradientDescent).
-        params: its `AttackParams`.
-    """
-
-    attack_params = EvasionAttack.attack_params
-    _estimator_requirements = ()
-
-    def __init__(self, art_attack: EvasionAttack, params: AttackParams):
-        super().__init__(estimator=art_attack.estimator)
-        self.art_attack = art_attack
-        self.params = params
-        self.targeted = params.targeted
-
-    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        """Adversarial images `(num_images, height, width, channels)` in the eps-ball around `x` and in [0, 1].
-
-        Args:
-            x: images `(num_images, height, width, channels)` float32 in [0, 1].
-            y: true labels (untargeted; None: the model's predictions, which avoids label leaking) or target labels
-                (targeted, required), as integers `(num_images,)` or one-hot `(num_images, num_classes)`.
-            **kwargs: passed to the ART attack (e.g. `mask`).
-        """
-        images = validate_inputs(x)
-        if self.params.targeted and y is None:
-            raise ConfigError("a targeted attack needs target labels. Received: y=None")
-        if self.params.seed is None:
-            return self.art_attack.generate(x=images, y=y, **kwargs)
-        state = np.random.get_state()
-        np.random.seed(self.params.seed)
-        try:
-            return self.art_attack.generate(x=images, y=y, **kwargs)
-        finally:
-            np.random.set_state(state)
-
-    def record(self) -> dict:
-        """The attack's parameters for a report, with the attack loss and the ART class that ran."""
-        return {**params_record(self.params), "loss": getattr(self.estimator, "loss_name", None),
-                "art_class": type(self.art_attack).__name__}
-
-
 def params_record(params: AttackParams) -> dict:
     """`params` as one flat dict: its fields, with the method's options beside them."""
     record = asdict(params)
@@ -422,12 +384,12 @@ def params_record(params: AttackParams) -> dict:
 
 def make_attack(method: str, classifier, eps: float, *, step_size: float | None = None, steps: int | None = None,
                 norm: str = "inf", targeted: bool = False, random_start: bool | None = None, batch_size: int = 128,
-                seed: int | None = None, options: dict | None = None) -> EvasionAttack:
+                seed: int | None = None, options: dict | None = None, restarts: int | None = None) -> EvasionAttack:
     """Builds a named ART evasion attack against `classifier` with every parameter set explicitly.
 
     Args:
         method: a name in `ATTACKS`: `"fgsm"`, `"bim"`, `"pgd"`, `"pgd100"`, `"vote"`, `"vote-da"`, `"rbim"`,
-            `"autoattack"` or `"transfer"`.
+            `"autoattack"`, `"autoattack-fast"` or `"transfer"`.
         classifier: an ART classifier with loss gradients, e.g. `capsrobust.art_bridge.to_art_classifier(model)`.
         eps: the radius of the eps-ball on the [0, 1] pixel scale: in [0, 1] for L-inf, finite and >= 0 for L2.
         step_size: the size of each step; None for the method's published default (`attack_defaults`).
@@ -438,23 +400,28 @@ def make_attack(method: str, classifier, eps: float, *, step_size: float | None 
         targeted: move towards target labels given to `generate` instead of away from the true ones.
         random_start: start from a uniform random point in the eps-ball; None for the default (PGD only).
         batch_size: images per attack batch.
-        seed: seeds the random start, making the attack deterministic; None leaves numpy's generator alone.
+        seed: seeds the random starts (and Square's draws), making the attack deterministic; None: fresh entropy.
         options: the method's own parameters (`ATTACKS[method].options`): `recon_weight` (rbim, vote-da),
             `queries` (autoattack's Square), `base` and `source` (transfer: the white-box method it crafts with on
             `classifier`, which is then the *source* model's, and the source's name for the record).
 
+        restarts: runs from new random starts, each on the images the earlier ones left; None for the default
+            (5 for pgd100, else 1). Needs a random start.
+
     Returns:
-        An ART `EvasionAttack` (a `ConfiguredAttack` for ART's own attacks); `record()` gives its parameters.
+        An ART `EvasionAttack`; `record()` gives its parameters and, after `generate`, `last_run` (which loss,
+        restart or member fooled how many images).
 
     Raises:
         ConfigError: unknown method or norm, eps out of range, step_size <= 0 or non-finite, steps < 1, or a
             parameter the method does not take.
     """
     params = resolve_params(method, eps, step_size=step_size, steps=steps, norm=norm, targeted=targeted,
-                            random_start=random_start, batch_size=batch_size, seed=seed, options=options)
+                            random_start=random_start, batch_size=batch_size, seed=seed, options=options,
+                            restarts=restarts)
     spec = ATTACKS[method]
     reason = spec.applies(getattr(classifier, "source_model", None)) if hasattr(classifier, "source_model") else None
     if reason:
         raise ConfigError(f"{method} does not apply: {reason}")
     built = spec.build(classifier, params)
-    return built if hasattr(built, "record") else ConfiguredAttack(built, params)
+    return built

@@ -1,9 +1,20 @@
-"""The one loop the capsule-aware attacks share: L-inf sign-gradient ascent on an objective, projected to the ball.
+"""The loop every gradient attack here shares: projected steps on an objective, keeping each image's first success.
 
-This is BIM (Kurakin et al. 2017) without a random start and PGD (Madry et al. 2018) with one, on any per-example
-objective rather than a classifier's loss: the vote attack climbs a loss on the averaged votes, R-BIM a loss minus
-a reconstruction distance. As in CleverHans v4 the attacks are plain functions; `ObjectiveAttack` wraps them in
-ART's `EvasionAttack` interface.
+FGSM (Goodfellow et al. 2015) is one step of size eps, BIM (Kurakin et al. 2017) many small steps from the image, PGD
+(Madry et al. 2018) the same from a random point of the eps-ball; the vote attack and R-BIM climb their own
+objectives with the same loop. As in CleverHans v4 the loop is a plain function (`projected_gradient_ascent`);
+`ObjectiveAttack` wraps it in ART's `EvasionAttack` interface and adds what an evaluation needs on top:
+
+- **the first iterate that succeeds is kept.** An image stops moving at the first step the real model is fooled
+  (and, for attacks that also hide from the detector, the detector is evaded), so a later step cannot undo it, as
+  in the reference AutoAttack code.
+- **a chain of losses.** With the bridge's `"auto"` loss the attack runs on cross-entropy of the scores, then, on the
+  images that survived, on the difference-of-logits ratio (DLR), as AutoAttack chains APGD-CE and APGD-DLR. No loss
+  of the chain can have a zero gradient on a confidently classified image, unlike the margin loss, whose gradient
+  vanishes once every length is beyond its margin.
+- **restarts**, each from a new random start and only on the images every earlier run left.
+
+`last_run` says which loss and restart fooled how many images, which the sweep's trust checks read.
 """
 
 from typing import Callable
@@ -12,71 +23,117 @@ import numpy as np
 from art.attacks import EvasionAttack
 
 from attacks.factories import AttackParams, params_record, validate_inputs
+from capsrobust.art_bridge import AUTO_LOSSES, with_loss
 from capsrobust.errors import ConfigError
 
+Gradient = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Success = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-def sign_gradient_ascent(gradient: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray, *,
-                         eps: float, step_size: float, steps: int, random_start: bool, rng: np.random.Generator,
-                         batch_size: int = 128,
-                         done: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """L-inf projected sign-gradient ascent: `x' <- clip(proj_eps(x' + step_size * sign(gradient(x', y))), 0, 1)`.
+
+def random_start(x: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
+    """A uniform random point of the eps-ball around each image `(n, h, w, c)`, clipped to [0, 1]."""
+    if norm == "inf":
+        noise = rng.uniform(-eps, eps, size=x.shape)
+    else:  # uniform in the L2 ball: a uniform direction, a radius distributed as eps * u^(1/d)
+        flat = rng.standard_normal((len(x), int(np.prod(x.shape[1:]))))
+        flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+        flat *= eps * rng.uniform(size=(len(x), 1)) ** (1.0 / flat.shape[1])
+        noise = flat.reshape(x.shape)
+    return np.clip(x + noise, 0.0, 1.0).astype(np.float32)
+
+
+def project(adversarial: np.ndarray, x: np.ndarray, eps: float, norm: str) -> np.ndarray:
+    """`adversarial` moved to the nearest point of the eps-ball around `x` (L-inf or L2), then clipped to [0, 1]."""
+    delta = adversarial - x
+    if norm == "inf":
+        delta = np.clip(delta, -eps, eps)
+    else:
+        norms = np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (delta.ndim - 1))
+        delta = delta * np.minimum(1.0, eps / np.maximum(norms, 1e-12))
+    return np.clip(x + delta, 0.0, 1.0).astype(np.float32)
+
+
+def steepest_step(gradient: np.ndarray, norm: str) -> np.ndarray:
+    """The unit step of steepest ascent: the gradient's sign (L-inf) or its direction (L2; zero stays zero)."""
+    if norm == "inf":
+        return np.sign(gradient)
+    norms = np.sqrt((gradient.reshape(len(gradient), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (gradient.ndim - 1))
+    return gradient / np.maximum(norms, 1e-12)
+
+
+def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
+                              step_size: float, steps: int, start: np.ndarray | None = None, batch_size: int = 128,
+                              done: Success | None = None) -> np.ndarray:
+    """`x' <- project(x' + step_size * steepest_step(gradient(x', y)))`, `steps` times, per image until `done`.
 
     Args:
         gradient: `(images, labels) -> (batch, *image_shape)`, the gradient of the per-example objective to raise.
         x: clean images `(num_images, height, width, channels)` float32 in [0, 1].
-        y: one-hot labels `(num_images, num_classes)` (true labels, or targets when the objective is targeted).
-        eps: L-inf radius on the [0, 1] pixel scale.
-        step_size: the size of each sign step.
+        y: labels `(num_images, num_labels)` as the objective takes them (one-hot true labels or targets).
+        eps: radius of the ball on the [0, 1] pixel scale.
+        norm: `"inf"` (sign steps) or `"2"` (normalised gradient steps).
+        step_size: the size of each step.
         steps: the number of steps.
-        random_start: start from a uniform random point of the eps-ball (clipped to [0, 1]), drawn from `rng`.
-        rng: the generator of the random start (the attack's seed makes it deterministic).
+        start: where to start `(num_images, ...)` (a random start), or None for `x` itself.
         batch_size: images per gradient call.
-        done: `(adversarial images, labels) -> (batch,)` booleans, or None. Images it marks (e.g. already
-            misclassified by the real model) stop moving: early stopping as in AutoAttack, which saves steps and
-            keeps a success a later step could undo.
+        done: `(adversarial images, labels) -> (batch,)` booleans, or None. An image it marks stops moving, so
+            the first iterate that succeeded is the one returned.
 
     Returns:
         Adversarial images `(num_images, height, width, channels)` float32, within eps of `x` and in [0, 1].
     """
-    adversarial = x.copy()
-    if random_start:  # drawn for all images at once, so the result does not depend on batch_size
-        adversarial = np.clip(x + rng.uniform(-eps, eps, size=x.shape), 0.0, 1.0).astype(np.float32)
-    for start in range(0, len(x), batch_size):
-        rows = slice(start, start + batch_size)
+    adversarial = (x if start is None else start).astype(np.float32, copy=True)
+    for first in range(0, len(x), batch_size):
+        rows = slice(first, first + batch_size)
         x_batch, y_batch, adv = x[rows], y[rows], adversarial[rows]
         active = np.ones(len(adv), dtype=bool) if done is None else ~done(adv, y_batch)
         for _ in range(steps):
             if not active.any():
                 break
-            moved = adv[active] + step_size * np.sign(gradient(adv[active], y_batch[active]))
-            adv[active] = np.clip(np.clip(moved, x_batch[active] - eps, x_batch[active] + eps), 0.0, 1.0)
+            step = steepest_step(gradient(adv[active], y_batch[active]), norm)
+            adv[active] = project(adv[active] + step_size * step, x_batch[active], eps, norm)
             if done is not None:
                 active[active] = ~done(adv[active], y_batch[active])
         adversarial[rows] = adv
-    return adversarial.astype(np.float32)
+    return adversarial
+
+
+def loss_chain(loss_name: str) -> tuple[str, ...]:
+    """The losses an attack runs one after another: `"auto"` is cross-entropy then DLR; any other loss alone."""
+    return AUTO_LOSSES if loss_name == "auto" else (loss_name,)
 
 
 class ObjectiveAttack(EvasionAttack):
-    """An ART `EvasionAttack` running `sign_gradient_ascent` on an objective built from an ART classifier.
+    """An ART `EvasionAttack` running `projected_gradient_ascent` over a chain of losses and random restarts.
 
-    Subclasses set `objective` (a compiled gradient), `done` and `options` in `__init__`; this class checks inputs,
-    labels and seeds, and records the parameters.
+    Args:
+        classifier: the ART bridge classifier (`capsrobust.art_bridge.to_art_classifier`); its `loss_name` picks the
+            chain (`loss_chain`).
+        params: the attack's `AttackParams` (eps, norm, step size, steps, random start, restarts, seed, options).
+        gradient_for: `loss name -> gradient function` of the objective built on that loss.
+        success: `(adversarial images, labels) -> (batch,)`: the image has done what the attack is for (by default
+            the real model misclassifies it, or predicts the target). Images stop at their first success.
+        stop_early: stop an image at its first success (True), or run every step and judge success at the end (for
+            objectives whose later steps still improve a successful image).
 
     Attributes:
-        params: the attack's `AttackParams` (method, eps, step size, steps, random start, seed, options).
+        last_run: after `generate`, `{"members": {loss: {"ran", "fooled"}}, "restarts": [fooled per restart],
+            "survived": int}`.
     """
 
     attack_params = EvasionAttack.attack_params
     _estimator_requirements = ()
 
-    def __init__(self, classifier, params: AttackParams, gradient: Callable, done: Callable | None = None):
+    def __init__(self, classifier, params: AttackParams, gradient_for: Callable[[str], Gradient],
+                 success: Success | None = None, stop_early: bool = True):
         super().__init__(estimator=classifier)
-        if params.norm != "inf":
-            raise ConfigError(f"{params.method} is an L-inf attack. Received: norm={params.norm!r}")
         self.params = params
         self.targeted = params.targeted
-        self._gradient = gradient
-        self._done = done
+        self.losses = loss_chain(classifier.loss_name)
+        self._gradient_for = gradient_for
+        self._success = success or misclassified_by(classifier, params.targeted)
+        self._stop_early = stop_early
+        self.last_run: dict = {}
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """Adversarial images `(num_images, height, width, channels)` in the eps-ball around `x` and in [0, 1].
@@ -87,28 +144,68 @@ class ObjectiveAttack(EvasionAttack):
                 integers `(num_images,)` or one-hot `(num_images, num_classes)`.
         """
         images = validate_inputs(x)
+        one_hot = self._one_hot(images, y)
+        p = self.params
+        adversarial = images.copy()
+        left = ~self._success(images, one_hot) if len(images) else np.zeros(0, dtype=bool)
+        members = {loss: {"ran": False, "fooled": 0} for loss in self.losses}
+        restarts = [0] * p.restarts
+        for loss in self.losses:
+            gradient = self._gradient_for(loss)
+            for restart in range(p.restarts):
+                rows = np.flatnonzero(left)
+                if not len(rows):
+                    break
+                # One generator per (seed, loss, restart): a run's start does not depend on what earlier runs left.
+                rng = np.random.default_rng(None if p.seed is None else [p.seed, self.losses.index(loss), restart])
+                start = random_start(images[rows], p.eps, p.norm, rng) if p.random_start else None
+                moved = projected_gradient_ascent(
+                    gradient, images[rows], one_hot[rows], eps=p.eps, norm=p.norm, step_size=p.step_size,
+                    steps=p.steps, start=start, batch_size=p.batch_size,
+                    done=self._success if self._stop_early else None)
+                won = self._success(moved, one_hot[rows])
+                adversarial[rows] = moved
+                left[rows[won]] = False
+                members[loss]["ran"] = True
+                members[loss]["fooled"] += int(won.sum())
+                restarts[restart] += int(won.sum())
+        self.last_run = {"members": members, "restarts": restarts, "survived": int(left.sum())}
+        return adversarial
+
+    def _one_hot(self, images: np.ndarray, y) -> np.ndarray:
         num_classes = self.estimator.nb_classes
         if y is None:
             if self.targeted:
                 raise ConfigError("a targeted attack needs target labels. Received: y=None")
             y = self.estimator.predict(images).argmax(axis=1)
         labels = np.asarray(y)
-        one_hot = labels.astype(np.float32) if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
-        rng = np.random.default_rng(self.params.seed)
-        return sign_gradient_ascent(self._gradient, images, one_hot, eps=self.params.eps,
-                                    step_size=self.params.step_size, steps=self.params.steps,
-                                    random_start=self.params.random_start, rng=rng,
-                                    batch_size=self.params.batch_size, done=self._done)
+        return labels.astype(np.float32) if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
 
     def record(self) -> dict:
-        """The attack's parameters for a report, with the attack loss and the class that ran."""
-        return {**params_record(self.params), "loss": getattr(self.estimator, "loss_name", None),
-                "art_class": type(self).__name__}
+        """The attack's parameters for a report, with the losses it chained and the class that ran."""
+        return {**params_record(self.params), "loss": "+".join(self.losses), "art_class": type(self).__name__,
+                **({"last_run": self.last_run} if self.last_run else {})}
 
 
-def misclassified_by(classifier, targeted: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """`done` for `sign_gradient_ascent`: the real classifier already predicts a wrong class (or the target)."""
-    def done(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def misclassified_by(classifier, targeted: bool) -> Success:
+    """A `success` test: the real classifier predicts a wrong class (or, targeted, the target)."""
+    def success(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        if not len(images):
+            return np.zeros(0, dtype=bool)
         predicted = classifier.predict(images).argmax(axis=1)
         return predicted == labels.argmax(axis=1) if targeted else predicted != labels.argmax(axis=1)
-    return done
+    return success
+
+
+def gradient_attack(classifier, params: AttackParams) -> ObjectiveAttack:
+    """FGSM, BIM or PGD (by `params`) on the classifier's loss chain: the bridge's own loss gradient for each loss.
+
+    Targeted, the step descends the loss of the target labels (`y` holds the targets).
+    """
+    sign = -1.0 if params.targeted else 1.0
+
+    def gradient_for(loss: str) -> Gradient:
+        bridge = with_loss(classifier, loss)
+        return lambda images, labels: sign * bridge.loss_gradient(images, labels)
+
+    return ObjectiveAttack(classifier, params, gradient_for)

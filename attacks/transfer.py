@@ -37,7 +37,8 @@ class TransferAttack(EvasionAttack):
         self.targeted = params.targeted
         self.base = make_attack(params.options["base"], source_classifier, params.eps, step_size=params.step_size,
                                 steps=params.steps, norm=params.norm, targeted=params.targeted,
-                                random_start=params.random_start, batch_size=params.batch_size, seed=params.seed)
+                                random_start=params.random_start, batch_size=params.batch_size, seed=params.seed,
+                                restarts=params.restarts)
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """Adversarial images `(num_images, h, w, c)` for the target, crafted on the source (see `make_attack`)."""

@@ -8,21 +8,23 @@ classification loss of their lengths (`CapsNet.vote_scores`). For EM capsules, w
 
 Protocol: PGD under an L-inf budget (Gu et al. run the vote loss inside PGD); our defaults are Madry et al.'s MNIST
 PGD, 40 steps of 0.01 from a uniform random start. Success is judged on the real model (with routing), and an image
-stops moving once the real model misclassifies it (early stopping, as AutoAttack does).
+stops moving once the real model misclassifies it (its first successful iterate is kept). Like every gradient attack
+here it chains cross-entropy and DLR by default (`attacks.iterative`).
 
 The detection-aware variant (`vote-da`; Gu et al., section 5, after Qin et al. 2020) also keeps the reconstruction
 error low, so the DARCCC detector does not flag the result: it climbs
 `loss(vote_scores(x'), y) - recon_weight * ||x' - reconstruction(x')||_2`, the reconstruction being the real model's
-from the predicted class, as the detector computes it. It runs every step (no early stop: a later step can still
-lower the distance).
+from the predicted class, as the detector computes it. Given the detector's threshold it keeps each image's first
+iterate that is misclassified and not flagged; without one it runs every step (a later step can still lower the
+distance).
 """
 
 import numpy as np
 
 from attacks.factories import AttackParams
-from attacks.iterative import ObjectiveAttack, misclassified_by
-from attacks.rbim import reconstruction_distance
-from capsrobust.art_bridge import input_gradient
+from attacks.iterative import ObjectiveAttack
+from attacks.rbim import detection_aware, reconstruction_distance
+from capsrobust.art_bridge import attack_loss, input_gradient
 from capsrobust.errors import ConfigError
 
 
@@ -49,7 +51,7 @@ class VoteAttack(ObjectiveAttack):
 
     Args:
         classifier: an ART bridge classifier of a capsule model (`capsrobust.art_bridge.to_art_classifier`); its attack
-            loss (`loss_name`) is the loss the votes are scored with.
+            loss (`loss_name`) is the loss (or chain) the votes are scored with.
         params: `AttackParams` with `options["recon_weight"]`.
 
     Raises:
@@ -65,10 +67,12 @@ class VoteAttack(ObjectiveAttack):
         if weight and not model.has_decoder:
             raise ConfigError(f"the detection-aware vote attack needs a decoder; {model.name} has none. "
                               f"Received: recon_weight={weight!r}")
-        objective = vote_objective(model, classifier.per_example_loss, weight, params.targeted)
-        gradient = input_gradient(objective, model.image_shape, model.num_classes)
-        super().__init__(classifier, params, gradient,
-                         done=None if weight else misclassified_by(classifier, params.targeted))
+        def gradient_for(loss: str):
+            objective = vote_objective(model, attack_loss(model, loss), weight, params.targeted)
+            return input_gradient(objective, model.image_shape, model.num_classes)
+
+        super().__init__(classifier, params, gradient_for,
+                         **(detection_aware(classifier, params) if weight else {}))
 
 
 def vote_accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 128) -> float:

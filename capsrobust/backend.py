@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -155,10 +156,33 @@ def _read_probe(report: BackendReport, probe: subprocess.Popen, wait: float, tim
 _NOISE = re.compile(r"^(I0000|W0000|E0000 .*(cuInit|cuda)|WARNING: All log messages before absl)")
 
 
+# ART warns when it is imported without PyTorch that its PyTorch-only certification (DeepZ, interval bound
+# propagation) is unavailable; capsrobust uses neither.
+_ART_WITHOUT_TORCH = r"PyTorch not found\. Not importing DeepZ or Interval Bound Propagation"
+
+
+def silence_known_noise() -> None:
+    """Silences, for the rest of this process, the messages a command-line run prints that mean nothing to its user.
+
+    - TensorFlow's C++ runtime logs an ERROR-level line when Keras first builds its tf.data input pipeline
+      (`E0000 ... NodeDef mentions attribute use_unbounded_threadpool which is not in the op definition`), harmless
+      and unavoidable from outside TensorFlow. Its C++ log is lowered to FATAL (`TF_CPP_MIN_LOG_LEVEL=3`): a failing
+      TensorFlow operation still reaches the user as a Python exception carrying its message, and a crash still
+      prints its FATAL line. TensorFlow reads the level when it is imported, so this acts only before that. A user
+      who sets 0 or 1 (INFO or WARNING and up) keeps that; 2 is what importing capsrobust sets when it is unset.
+    - ART's warning that its PyTorch-only parts are unavailable (see `_ART_WITHOUT_TORCH`), matched by message and
+      by module so that no other warning goes with it.
+    """
+    if "tensorflow" not in sys.modules and os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") == "2":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    warnings.filterwarnings("ignore", message=_ART_WITHOUT_TORCH, category=UserWarning, module=r"art(\.|$)")
+
+
 def start_backend_quietly(before_devices: Callable[[], None] | None = None) -> None:
     """Imports Keras and initialises the backend's devices, dropping the known start-up noise from stderr.
 
-    Anything else written to stderr meanwhile (a real error) is passed through.
+    Anything else written to stderr meanwhile (a real error) is passed through. Call `silence_known_noise` first for
+    the messages that come later (when a command first trains, or imports ART).
 
     Args:
         before_devices: run after Keras is imported and before the devices are initialised (to split a CPU into

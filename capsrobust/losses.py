@@ -76,6 +76,23 @@ def difference_of_logits_ratio(labels, logits):
     return -(true_score - best_other) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def targeted_difference_of_logits_ratio(labels, targets, logits):
+    """Croce & Hein's (2020) targeted DLR loss, what APGD-T climbs: `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`.
+
+    Args:
+        labels: `(batch_size, num_classes)` one-hot true classes.
+        targets: `(batch_size, num_classes)` one-hot target classes.
+        logits: `(batch_size, num_classes)` scores; `num_classes >= 4`.
+
+    Returns:
+        `(batch_size,)` losses, positive once the target's score exceeds the true class's.
+    """
+    labels, targets = ops.cast(labels, logits.dtype), ops.cast(targets, logits.dtype)
+    gap = ops.sum(labels * logits, axis=-1) - ops.sum(targets * logits, axis=-1)
+    top, _ = ops.top_k(logits, k=4)
+    return -gap / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 def spread_loss(labels, activations, margin):
     """Spread loss of Hinton, Sabour & Frosst (2018), eq. 3: `sum_{i != t} max(0, m - (a_t - a_i))^2`.
 

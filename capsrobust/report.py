@@ -12,11 +12,11 @@ from rich.table import Table
 from capsrobust.io import atomic_path, write_json
 from capsrobust.sweep import SweepResult, config_dict
 
-CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_step_size",
-              "attack_steps", "attack_random_start", "images", "attacked", "clean_accuracy", "adversarial_accuracy",
-              "attack_success_rate", "linf_mean", "linf_max", "l2_mean", "l2_max", "detector_threshold",
-              "detector_fpr", "detection_rate", "auroc", "undetected_success_rate", "transfer_source",
-              "whitebox_accuracy", "source_accuracy", "seconds"]
+CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_loss",
+              "attack_step_size", "attack_steps", "attack_random_start", "attack_restarts", "images", "attacked",
+              "clean_accuracy", "adversarial_accuracy", "attack_success_rate", "linf_mean", "linf_max", "l2_mean",
+              "l2_max", "unperturbed_share", "detector_threshold", "detector_fpr", "detection_rate", "auroc",
+              "undetected_success_rate", "transfer_source", "whitebox_accuracy", "source_accuracy", "seconds"]
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
@@ -159,13 +159,16 @@ def describe_attacks(result: SweepResult) -> str:
             extra += f", members: {'; '.join(c['attack_members'])}"
         lines.append(f"{c['attack']} eps={c['eps']:g}: norm L{c['norm']}, step {c.get('attack_step_size', 0):.4g}, "
                      f"{c.get('attack_steps')} steps, random start {c.get('attack_random_start')}, "
-                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c['loss']}{extra}")
+                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c.get('attack_loss', c['loss'])}"
+                     f"{', restarts ' + str(c['attack_restarts']) if c.get('attack_restarts', 1) > 1 else ''}{extra}")
     for c in result.cells:
-        if c.get("autoattack_members"):
+        run = c.get("members_run")
+        if run and len(run["members"]) > 1:  # which loss of a chain, or which AutoAttack member, fooled how many
             ran = ", ".join(f"{name} {'ran' if m['ran'] else 'did not run'} (fooled {m['fooled']})"
-                            for name, m in c["autoattack_members"]["members"].items())
-            lines.append(f"autoattack on {_short(c['model_id'])} eps={c['eps']:g}: {ran}; "
-                         f"{c['autoattack_members']['survived']} survived all")
+                            for name, m in run["members"].items())
+            restarts = f"; fooled per restart {run['restarts']}" if len(run.get("restarts", [])) > 1 else ""
+            lines.append(f"{c['attack']} on {_short(c['model_id'])} eps={c['eps']:g}: {ran}{restarts}; "
+                         f"{run['survived']} of {c['attacked']} survived all")
     for skipped in result.skipped:
         lines.append(f"skipped {skipped['attack']} on {_short(skipped['model_id'])}: {skipped['reason']}")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.stats import binomtest
 
 from attacks import attack_defaults, get_attack_spec, make_attack, validate_inputs
 from capsrobust.errors import ConfigError
@@ -30,6 +31,9 @@ from capsrobust.models.predict import predict_batched
 TOLERANCE = 0.01
 NEAR_ZERO = 0.05
 EPS_ONE_IMAGES = 100
+UNPERTURBED = 0.01  # share of attacked images an attack may leave exactly where they were
+LAST_RESTART = 0.01  # share of attacked images the last restart may still fool
+FAR_WEAKER, SIGNIFICANCE = 0.05, 0.05  # an attack this much weaker than the strongest, on McNemar's exact test
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,12 @@ class SweepConfig:
 
     methods: tuple[str, ...]
     eps_values: tuple[float, ...]
-    loss: str = "model"
+    loss: str = "auto"
     norm: str = "inf"
     step_size: float | None = None
     steps: int | None = None
     random_start: bool | None = None
+    restarts: int | None = None
     targeted: bool = False
     batch_size: int = 128
     seed: int = 0
@@ -77,6 +82,8 @@ class SweepResult:
     worst_case: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # Per (model id, attack, eps): which attacked images survived (the trust checks test gaps on the same images).
+    survivors: dict = field(default_factory=dict)
 
 
 def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
@@ -129,6 +136,7 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
                 if source is not None:
                     _add_transfer_columns(cell, result.cells, source, per_image, config)
                 result.cells.append(cell)
+                result.survivors[(mut.id, cell["attack"], eps)] = per_image["survived"][correct]
                 survived[eps] &= per_image["survived"]
                 if per_image["undetected"] is not None:
                     undetected[eps] |= per_image["undetected"]
@@ -176,9 +184,10 @@ def _applies(step, config: SweepConfig, result: SweepResult) -> bool:
     return False
 
 
-def _method_options(method: str, config: SweepConfig, source) -> dict:
+def _method_options(method: str, config: SweepConfig, source, mut: ModelUnderTest) -> dict:
     wanted = {"recon_weight": config.recon_weight, "queries": config.queries, "base": config.transfer_base,
-              "source": None if source is None else source.id}
+              "source": None if source is None else source.id,
+              "detector_threshold": None if mut.detector is None else mut.detector.threshold}
     defaults = get_attack_spec(method).options
     return {key: defaults[key] if wanted[key] is None else wanted[key] for key in defaults}
 
@@ -190,7 +199,7 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
     num_classes = mut.model.num_classes
     rng = np.random.default_rng(config.seed)
     targets = (y + rng.integers(1, num_classes, size=len(y))) % num_classes if config.targeted else y
-    options = _method_options(method, config, source)
+    options = _method_options(method, config, source, mut)
     params = attack_defaults(method, eps, config.norm, options)
     # A sweep's step options apply to the attacks they mean something for: not to one-step FGSM, and no random
     # start for BIM (BIM with one is PGD).
@@ -198,21 +207,24 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
     base_spec = get_attack_spec(options["base"]) if method == "transfer" else spec
     overrides = {} if base_spec.single_step else {"step_size": config.step_size, "steps": config.steps}
     if not base_spec.single_step and config.steps and not config.step_size and eps > 0 \
-            and base_spec.name != "autoattack":
+            and not base_spec.adapts_step:
         # Fewer steps than the default at the default step size could not reach the budget: 2.5 eps / steps can.
-        # (APGD in autoattack adapts its own step from 2 eps.)
         overrides["step_size"] = 2.5 * eps / config.steps
     if base_spec.random_start_allowed:
         overrides["random_start"] = config.random_start
+        if params.get("random_start") or config.random_start:
+            overrides["restarts"] = config.restarts
     params.update({k: v for k, v in overrides.items() if v is not None})
     x_adv = x
-    record = {}
+    record, losses = {}, (np.empty(0), np.empty(0))
     if len(x) and eps > 0:  # at eps = 0 the only admissible image is the original
         attack = make_attack(method, classifier, eps, step_size=params.get("step_size"), steps=params.get("steps"),
                              norm=config.norm, targeted=config.targeted, random_start=params.get("random_start"),
-                             batch_size=config.batch_size, seed=config.seed, options=options)
+                             batch_size=config.batch_size, seed=config.seed, options=options,
+                             restarts=params.get("restarts"))
         x_adv = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets]).astype("float32")
         record = attack.record()
+        losses = (classifier.compute_loss(x, targets), classifier.compute_loss(x_adv, targets))
     adversarial = predict_batched(mut.model, x_adv, config.batch_size)
     adv_pred = adversarial[SCORES].argmax(-1) if len(x) else np.empty(0, dtype=int)
     success = adv_pred == targets if config.targeted else adv_pred != y
@@ -231,11 +243,17 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
         "attack_success_rate": _mean(success),
         "linf_mean": _mean(linf), "linf_max": float(linf.max(initial=0.0)),
         "l2_mean": _mean(l2), "l2_max": float(l2.max(initial=0.0)),
+        # Attacked images the attack never moved (a zero gradient) and the attack loss before and after (mean, on
+        # the loss the sweep's classifier computes: cross-entropy for the default chain): trust-check inputs.
+        "unperturbed_share": _mean(linf == 0),
+        "loss_clean": _mean(losses[0]) if len(x) and eps > 0 else None,
+        "loss_adversarial": _mean(losses[1]) if len(x) and eps > 0 else None,
         "detector_threshold": None, "detector_fpr": None, "detection_rate": None, "auroc": None,
         "undetected_success_rate": None, "transfer_source": None, "whitebox_accuracy": None, "source_accuracy": None,
     }
+    cell["attack_loss"] = record.get("loss", config.loss)
     if "last_run" in record:
-        cell["autoattack_members"] = record["last_run"]
+        cell["members_run"] = record["last_run"]
     if "members" in record:
         cell["attack_members"] = record["members"]
     roc, undetected = None, None
@@ -308,12 +326,23 @@ def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if len(values) else None
 
 
+def _noise(images: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
+    """Random noise of the attack's size: uniform in [-eps, eps] per pixel (L-inf), or a uniform direction of L2
+    length eps (L2), clipped to [0, 1]."""
+    if norm == "inf":
+        noise = rng.uniform(-eps, eps, size=images.shape)
+    else:
+        noise = rng.standard_normal(images.shape)
+        noise *= eps / np.sqrt((noise.reshape(len(images), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (images.ndim - 1))
+    return np.clip(images + noise, 0, 1).astype("float32")
+
+
 def _noise_accuracy(mut, config, images, labels) -> list[dict]:
-    """Accuracy under uniform random noise in [-eps, eps] (clipped to [0, 1]) at every eps of the sweep."""
+    """Accuracy under random noise of each eps of the sweep (`_noise`)."""
     rng = np.random.default_rng(config.seed)
     rows = []
     for eps in config.eps_values:
-        noisy = np.clip(images + rng.uniform(-eps, eps, size=images.shape), 0, 1).astype("float32")
+        noisy = _noise(images, eps, config.norm, rng)
         accuracy = float((predict_batched(mut.model, noisy, config.batch_size)[SCORES].argmax(-1) == labels).mean())
         rows.append({"model_id": mut.id, "eps": eps, "noise_accuracy": accuracy})
     return rows
@@ -385,6 +414,86 @@ def _sweep_checks(result: SweepResult) -> list[dict]:
                                  f"{cell['adversarial_accuracy']:.3f} at eps={cell['eps']:g}",
                                  "images crafted on another model fool this one more often than its own gradients "
                                  "do: gradient masking (Athalye et al. 2018)"))
+        checks.extend(_attack_failure_checks(result, model_id))
+    return checks
+
+
+def _attack_failure_checks(result: SweepResult, model_id: str) -> list[dict]:
+    """Indicators of attack failure after Pintor et al. (NeurIPS 2022) and Carlini et al. (2019), per cell."""
+    checks = []
+    cells = [c for c in result.cells if c["model_id"] == model_id and c["eps"] > 0 and c["attacked"]]
+    for cell in cells:
+        where = f"{cell['attack']} at eps={cell['eps']:g}"
+        if not cell.get("white_box", True):
+            continue
+        share = cell.get("unperturbed_share")
+        if share is not None:
+            checks.append(_check("attacked images moved", model_id, share <= UNPERTURBED,
+                                 f"{where}: {share:.1%} of {cell['attacked']} attacked images unperturbed",
+                                 "the attack loss has a zero gradient there (the margin loss is flat beyond its "
+                                 "margins): attack with --loss auto (cross-entropy, then DLR)"))
+        if cell.get("loss_clean") is not None:
+            rises = cell["loss_adversarial"] > cell["loss_clean"] if not cell["targeted"] else \
+                cell["loss_adversarial"] < cell["loss_clean"]
+            checks.append(_check("attack loss moves the right way", model_id, rises,
+                                 f"{where}: mean attack loss {cell['loss_clean']:.4g} clean, "
+                                 f"{cell['loss_adversarial']:.4g} attacked",
+                                 "the attack did not raise its loss: a broken or masked gradient, or a step too "
+                                 "small"))
+        run = cell.get("members_run") or {}
+        restarts = run.get("restarts") or []
+        if len(restarts) > 1:
+            last = restarts[-1] / cell["attacked"]
+            checks.append(_check("restarts exhausted", model_id, last <= LAST_RESTART,
+                                 f"{where}: fooled per restart {restarts}",
+                                 "the last restart still found new adversarial examples: run more (--restarts)"))
+        square = (run.get("members") or {}).get("square")
+        if square is not None and square["ran"]:
+            share = square["fooled"] / cell["attacked"]
+            checks.append(_check("black-box adds little to white-box", model_id, share <= LAST_RESTART,
+                                 f"{where}: Square fooled {square['fooled']} images the gradient members left",
+                                 "a gradient-free attack beat the gradient attacks: gradient masking"))
+    for method_few, method_many in (("pgd", "pgd100"),):
+        for few in (c for c in cells if c["attack"] == method_few):
+            many = next((c for c in cells if c["attack"] == method_many and c["eps"] == few["eps"]), None)
+            if many is not None:
+                checks.append(_check("more steps never weaker", model_id,
+                                     many["adversarial_accuracy"] <= few["adversarial_accuracy"] + TOLERANCE,
+                                     f"{method_many} {many['adversarial_accuracy']:.3f} vs {method_few} "
+                                     f"{few['adversarial_accuracy']:.3f} at eps={few['eps']:g}",
+                                     "more iterations made the attack weaker: it is not converging"))
+    checks.extend(_gap_checks(result, model_id, cells))
+    return checks
+
+
+def _gap_checks(result: SweepResult, model_id: str, cells: list[dict]) -> list[dict]:
+    """Each iterative white-box attack against the strongest one at the same eps, on the same images.
+
+    Single-step FGSM (weaker by design), attacks that trade success for stealth and transfer are left out; a gap
+    counts when it exceeds `FAR_WEAKER` and McNemar's exact test on the images the two disagree on rejects chance.
+    """
+    checks = []
+    for eps in sorted({c["eps"] for c in cells}):
+        here = [c for c in cells if c["eps"] == eps and c.get("white_box", True)]
+        if len(here) < 2:
+            continue
+        strongest = min(here, key=lambda c: c["adversarial_accuracy"])
+        strong = result.survivors[(model_id, strongest["attack"], eps)]
+        for cell in here:
+            spec = get_attack_spec(cell["method"])
+            if cell is strongest or spec.single_step or (cell.get("attack_options") or {}).get("recon_weight"):
+                continue
+            weak = result.survivors[(model_id, cell["attack"], eps)]
+            only_weak_fooled, only_strong_fooled = int(np.sum(~weak & strong)), int(np.sum(weak & ~strong))
+            gap = cell["adversarial_accuracy"] - strongest["adversarial_accuracy"]
+            discordant = only_weak_fooled + only_strong_fooled
+            p = binomtest(only_weak_fooled, discordant, 0.5).pvalue if discordant else 1.0
+            checks.append(_check("close to the strongest attack", model_id,
+                                 gap <= FAR_WEAKER or p >= SIGNIFICANCE,
+                                 f"{cell['attack']} {cell['adversarial_accuracy']:.3f} vs {strongest['attack']} "
+                                 f"{strongest['adversarial_accuracy']:.3f} at eps={eps:g} (gap {gap:.1%}, "
+                                 f"McNemar p = {p:.2g})",
+                                 f"this attack overstates robustness; report {strongest['attack']} or the worst case"))
     return checks
 
 

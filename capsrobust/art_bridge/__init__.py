@@ -16,12 +16,17 @@ runs unchanged on every backend. All three batch `predict`, `loss_gradient`, `cl
 Capsule networks score classes by capsule lengths in [0, 1), not logits, so which loss an attack climbs is a choice
 every report must state (`LOSSES`):
 
-- `"model"` (default): the model's own classification training loss, `model.classification_loss`: the margin loss on
-  lengths for capsule networks, softmax cross-entropy on logits for CNNs. The reconstruction term is left out.
+- `"auto"` (default): what AutoAttack does. The attacks in `attacks/` run it as a chain, cross-entropy first, then
+  DLR on the images that survived (`AUTO_LOSSES`); a single pass (ART's own code, `compute_loss`) uses
+  cross-entropy.
 - `"ce"`: softmax cross-entropy on the scores. For a CNN this is its training loss; for a capsule network it treats
   the lengths as logits. A softmax of values in [0, 1) stays near uniform, so unlike the margin loss (zero once every
   margin is met) its gradient never vanishes on confidently classified images.
 - `"dlr"`: Croce & Hein's difference-of-logits ratio, invariant to the scores' shift and scale (APGD-DLR's loss).
+- `"model"`: the model's own classification training loss, `model.classification_loss`: the margin loss on lengths
+  for capsule networks, softmax cross-entropy on logits for CNNs (the reconstruction term left out). Never a
+  default: the margin loss, and so its gradient, is exactly zero on an image whose lengths are beyond both margins,
+  which leaves it unattacked (on a converged capsnet-small, half of the images at eps 0.3).
 
 >>> classifier = to_art_classifier(create_model("capsnet-small"), loss="ce", batch_size=128)
 >>> scores = classifier.predict(images)  # images (num_images, 28, 28, 1) float32 in [0, 1] -> (num_images, 10)
@@ -38,11 +43,13 @@ from capsrobust.losses import difference_of_logits_ratio, softmax_cross_entropy
 
 # Per-example attack losses `(one_hot_labels, scores) -> (batch_size,)`, by name, from the model they attack.
 _PER_EXAMPLE_LOSSES: dict[str, Callable] = {
+    "auto": lambda model: softmax_cross_entropy,
     "model": lambda model: model.classification_loss,
     "ce": lambda model: softmax_cross_entropy,
     "dlr": lambda model: difference_of_logits_ratio,
 }
 LOSSES = tuple(_PER_EXAMPLE_LOSSES)
+AUTO_LOSSES = ("ce", "dlr")  # the chain `"auto"` stands for in the attacks
 
 
 def attack_loss(model, loss: str) -> Callable:
@@ -60,14 +67,15 @@ def _backend() -> str:
     return backend
 
 
-def to_art_classifier(model, loss: str = "model", batch_size: int = 128) -> BatchedBridge:
+def to_art_classifier(model, loss: str = "auto", batch_size: int = 128) -> BatchedBridge:
     """Wraps `model` as an ART classifier of the running backend, with `clip_values=(0, 1)` and an explicit loss.
 
     Args:
         model: a `CapsrobustModel` taking `(batch_size, *model.image_shape)` images in [0, 1].
-        loss: the attack loss, one of `LOSSES`: `"model"` (the model's classification training loss: margin loss on
-            capsule lengths, cross-entropy on CNN logits), `"ce"` (softmax cross-entropy on the scores; for a
-            capsule network, the lengths treated as logits) or `"dlr"` (difference-of-logits ratio).
+        loss: the attack loss, one of `LOSSES`: `"auto"` (cross-entropy, then DLR on the survivors, in the attacks),
+            `"ce"` (softmax cross-entropy on the scores; for a capsule network, the lengths treated as logits),
+            `"dlr"` (difference-of-logits ratio) or `"model"` (the model's classification training loss: margin loss
+            on capsule lengths, cross-entropy on CNN logits).
         batch_size: images per forward or backward pass.
 
     Returns:

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; user errors print one line and return 2, an interrupt returns 130."""
     args = build_parser().parse_args(argv)
-    from capsrobust.backend import start_backend_quietly
+    from capsrobust.backend import silence_known_noise, start_backend_quietly
     from capsrobust.errors import CapsrobustError
 
+    silence_known_noise()  # before the backend starts: TensorFlow reads its log level when imported
     before_devices = getattr(args, "before_devices", None)  # (args) -> None, for commands that set devices up
     start_backend_quietly(None if before_devices is None else lambda: before_devices(args))
 

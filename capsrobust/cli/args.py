@@ -130,15 +130,15 @@ def add_store_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def eps_list(text: str) -> tuple[float, ...]:
-    """Comma-separated eps values, each a number in [0, 1] (pixel scale)."""
+    """Comma-separated eps values, each a finite number >= 0 (pixel scale; L-inf callers also check <= 1)."""
     values = []
     for part in text.split(","):
         try:
             value = float(part)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected numbers in [0, 1] separated by commas, got {text!r}") from None
-        if not (math.isfinite(value) and 0 <= value <= 1):
-            raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (images are scaled to [0, 1]), got {part!r}")
+            raise argparse.ArgumentTypeError(f"expected numbers >= 0 separated by commas, got {text!r}") from None
+        if not (math.isfinite(value) and 0 <= value):
+            raise argparse.ArgumentTypeError(f"eps must be a finite number >= 0 (pixel scale), got {part!r}")
         values.append(value)
     return tuple(values)
 

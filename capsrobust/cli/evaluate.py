@@ -15,9 +15,9 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     group = parser.add_argument_group("attack")
     group.add_argument("--method", "--methods", dest="methods", default=methods_default, metavar="NAMES",
                        help="attacks, comma-separated: fgsm, bim, pgd, pgd100, vote, vote-da, rbim, autoattack, "
-                            f"transfer (default {methods_default or 'the --suite'})")
+                            f"autoattack-fast, transfer (default {methods_default or 'the --suite'})")
     group.add_argument("--eps", type=eps_list, default=eps_list(eps_default), metavar="E[,E...]",
-                       help=f"perturbation budgets in [0, 1] (default {eps_default})")
+                       help=f"perturbation budgets: in [0, 1] for L-inf, any size >= 0 for L2 (default {eps_default})")
     group.add_argument("--norm", choices=("inf", "2"), default="inf", help="L-inf (default) or L2 budget")
     group.add_argument("--steps", type=positive_int,
                        help="iterations (default: BIM per Kurakin et al., PGD 40); without --step-size the step "
@@ -25,10 +25,15 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
     group.add_argument("--step-size", type=positive_float, help="step per iteration (default: BIM 1/255, PGD 0.01)")
     group.add_argument("--random-start", action="store_true", default=None, help="start from a random point in the "
                                                                                   "eps-ball (PGD's default)")
+    group.add_argument("--restarts", type=positive_int, metavar="N",
+                       help="runs from new random starts, each on the images still robust (default: pgd100 5, else "
+                            "1; needs a random start)")
     group.add_argument("--targeted", action="store_true", help="aim for a random wrong class instead")
-    group.add_argument("--loss", choices=("model", "ce", "dlr"), default="model",
-                       help="attack loss: the model's own training loss (default), cross-entropy on its scores, or "
-                            "the difference-of-logits ratio (Croce & Hein 2020)")
+    group.add_argument("--loss", choices=("auto", "ce", "dlr", "model"), default="auto",
+                       help="attack loss: auto (default) runs cross-entropy on the scores, then the "
+                            "difference-of-logits ratio (Croce & Hein 2020) on the images that survived; or one of "
+                            "them; or model, the model's own training loss (the margin loss has zero gradient on "
+                            "confidently classified images)")
     group.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (128)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
     group.add_argument("--recon-weight", type=non_negative_float, metavar="W",
@@ -51,8 +56,14 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
 def sweep_config(args, methods: tuple[str, ...], skip_inapplicable: bool = False):
     from capsrobust.sweep import SweepConfig
 
+    from capsrobust.errors import ConfigError
+
+    if args.norm == "inf" and max(args.eps) > 1:
+        raise ConfigError(f"an L-inf eps must be in [0, 1] (images are scaled to [0, 1]); larger budgets are for "
+                          f"--norm 2. Received: --eps {','.join(f'{e:g}' for e in args.eps)}")
     return SweepConfig(methods=methods, eps_values=args.eps, loss=args.loss, norm=args.norm,
                        step_size=args.step_size, steps=args.steps, random_start=args.random_start,
+                       restarts=args.restarts,
                        targeted=args.targeted, batch_size=args.batch_size, seed=args.seed,
                        trust_checks=args.trust_checks, recon_weight=args.recon_weight, queries=args.queries,
                        transfer_base=args.transfer_method, skip_inapplicable=skip_inapplicable)

@@ -1,0 +1,111 @@
+"""Auto-PGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", Algorithm 1): PGD with momentum whose step size halves at checkpoints where progress stalls.
+
+Written here rather than taken from ART (`AutoProjectedGradientDescent`) because ART's returns each image's last
+iterate, so an image fooled at step 30 and moved back by step 100 counts as robust, and it has no targeted DLR loss;
+the reference keeps every iterate that fooled the model, and so does this one. It runs on numpy callbacks, so it is
+the same on every backend's bridge.
+
+Per image: start `x_0` uniform in the eps-ball (the reference starts on its boundary); step `eta = 2 eps`;
+`z = P(x_k + eta * s(grad))` with `s` the sign (L-inf) or the normalised gradient (L2) and `P` the projection onto
+the eps-ball and [0, 1]; `x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha) (x_k - x_{k-1}))`, `alpha` 1 at the first
+step and 0.75 after. At checkpoints `w_j` (after 22% of the steps, then shrinking intervals: 3% less each time, at
+least 6%) the step halves and the iterate returns to the best point so far when fewer than 75% of the steps since
+the last checkpoint raised the loss, or when the step was not halved and the best loss not improved at the last one.
+An image leaves the loop at its first misclassified iterate.
+"""
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from attacks.iterative import Gradient, project, random_start, steepest_step
+
+RHO = 0.75  # share of improving steps below which the step halves
+MOMENTUM = 0.75
+FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_CHECKPOINT = 0.22, 0.03, 0.06
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The steps after which APGD may halve its step: `ceil(p_j * steps)` for `p_0 = 0, p_1 = 0.22`,
+    `p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)` (Croce & Hein 2020, section 3.2)."""
+    fractions = [0.0, FIRST_CHECKPOINT]
+    while True:
+        following = fractions[-1] + max(fractions[-1] - fractions[-2] - CHECKPOINT_SHRINK, MIN_CHECKPOINT)
+        if following > 1:
+            break
+        fractions.append(following)
+    return sorted({math.ceil(p * steps) for p in fractions[1:]})
+
+
+Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def apgd(gradient: Gradient, evaluate: Evaluate, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str, steps: int,
+         rng: np.random.Generator, batch_size: int = 128) -> np.ndarray:
+    """Auto-PGD on `loss`, batch by batch.
+
+    Args:
+        gradient: `(images, labels) -> (b, h, w, c)`, the gradient of the per-example loss to raise.
+        evaluate: `(images, labels) -> ((b,) loss values, (b,) booleans: the real model is fooled)`, from one
+            forward pass.
+        x: clean images `(n, h, w, c)` float32 in [0, 1].
+        y: labels `(n, width)` as `gradient` and `loss` take them.
+        eps: radius of the ball; norm: `"inf"` or `"2"`.
+        steps: iterations (100 in AutoAttack).
+        rng: draws the random start.
+        batch_size: images per batch.
+
+    Returns:
+        `(n, h, w, c)` float32: each image's first misclassified iterate, or, if none was, its highest-loss one.
+    """
+    start = random_start(x, eps, norm, rng)
+    result = np.empty_like(x, dtype=np.float32)
+    for first in range(0, len(x), batch_size):
+        rows = slice(first, first + batch_size)
+        result[rows] = _apgd_batch(gradient, evaluate, x[rows], y[rows], start[rows], eps, norm, steps)
+    return result
+
+
+def _apgd_batch(gradient, evaluate, x, y, start, eps, norm, steps) -> np.ndarray:
+    n = len(x)
+    per_image = (-1,) + (1,) * (x.ndim - 1)
+    current, previous = start.copy(), start.copy()
+    values, fooled = evaluate(start, y)
+    best, best_loss = start.copy(), np.array(values, dtype=np.float32)
+    result = start.copy()
+    eta = np.full(n, 2 * eps, dtype=np.float32)
+    improved = np.zeros(n, dtype=int)  # steps since the last checkpoint that raised the loss
+    loss_at_check, halved_at_check = best_loss.copy(), np.ones(n, dtype=bool)
+    last_loss = best_loss.copy()
+    marks, last_mark = checkpoints(steps), 0
+    for k in range(1, steps + 1):
+        active = np.flatnonzero(~fooled)
+        if not len(active):
+            break
+        xa, ya = x[active], y[active]
+        z = project(current[active] + eta[active].reshape(per_image) * steepest_step(gradient(current[active], ya),
+                                                                                      norm), xa, eps, norm)
+        alpha = 1.0 if k == 1 else MOMENTUM
+        moved = project(current[active] + alpha * (z - current[active])
+                        + (1 - alpha) * (current[active] - previous[active]), xa, eps, norm)
+        previous[active], current[active] = current[active], moved
+        values, won = evaluate(moved, ya)
+        values = np.asarray(values, dtype=np.float32)
+        fooled[active[won]] = True
+        result[active[won]] = moved[won]
+        improved[active] += values > last_loss[active]
+        last_loss[active] = values
+        better = values > best_loss[active]
+        best[active[better]], best_loss[active[better]] = moved[better], values[better]
+        if k in marks:
+            # Croce & Hein's two conditions: too few improving steps, or no halving and no progress last time.
+            stalled = (improved < RHO * (k - last_mark)) | (~halved_at_check & (loss_at_check >= best_loss))
+            eta[stalled] /= 2
+            current[stalled] = best[stalled]
+            halved_at_check, loss_at_check = stalled, best_loss.copy()
+            improved[:] = 0
+            last_mark = k
+    result[~fooled] = best[~fooled]
+    return result
