@@ -28,12 +28,12 @@ import numpy as np
 from capsrobust.errors import ConfigError
 
 NORMS = ("inf", "2")
+Scores = Callable[[np.ndarray], np.ndarray]  # images (b, h, w, c) -> (b, num_classes)
+ClassGradient = Callable[[np.ndarray, np.ndarray], np.ndarray]  # images, classes (b,) -> (b, h, w, c)
 
 
-def fab_targeted(scores: Callable[[np.ndarray], np.ndarray],
-                 class_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                 x: np.ndarray, y: np.ndarray, target: np.ndarray, *, eps: float, norm: str = "inf",
-                 steps: int = 100, restarts: int = 1, rng: np.random.Generator,
+def fab_targeted(scores: Scores, class_gradient: ClassGradient, x: np.ndarray, y: np.ndarray, target: np.ndarray, *,
+                 eps: float, norm: str = "inf", steps: int = 100, restarts: int = 1, rng: np.random.Generator,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> np.ndarray:
     """Targeted FAB: for each image, the smallest misclassified point it finds within `eps`.
 
@@ -88,8 +88,9 @@ def fab_targeted(scores: Callable[[np.ndarray], np.ndarray],
     return adversarial
 
 
-def _single_run(scores, class_gradient, x0: np.ndarray, y: np.ndarray, target: np.ndarray, start: np.ndarray, *,
-                norm: str, steps: int, alpha_max: float, eta: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def _single_run(scores: Scores, class_gradient: ClassGradient, x0: np.ndarray, y: np.ndarray, target: np.ndarray,
+                start: np.ndarray, *, norm: str, steps: int, alpha_max: float, eta: float,
+                beta: float) -> tuple[np.ndarray, np.ndarray]:
     """One FAB-T run from `start` `(b, h, w, c)` around `x0` `(b, h, w, c)`.
 
     Returns:
