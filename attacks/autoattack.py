@@ -7,6 +7,7 @@ report, and a cheaper gradient-only version for CPU runs.
 - `apgd-t`: APGD on the targeted DLR loss `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`, 100 iterations for each of
   9 targets, the 2nd to the 10th most likely class of the clean image, in that order.
 - `fab-t`: targeted FAB (`attacks.fab`, Croce & Hein 2020), 100 iterations, 1 restart, the same 9 targets.
+  (`steps` sets the iterations of APGD and FAB alike.)
 - `square`: ART's Square Attack (Andriushchenko et al. 2020), score-based and gradient-free, 5,000 queries,
   `p_init` 0.8, 1 restart. It catches gradient masking the others would miss.
 
@@ -30,7 +31,7 @@ from capsrobust.errors import ConfigError
 from capsrobust.losses import softmax_cross_entropy, targeted_difference_of_logits_ratio
 
 TARGETS = 9  # the reference's n_target_classes
-FAB_STEPS, FAB_RESTARTS = 100, 1
+FAB_RESTARTS = 1
 SQUARE_P_INIT = 0.8  # Andriushchenko et al. (2020) and the reference AutoAttack, for L-inf and L2
 
 # A member: (name, budget, run) where run(images, one_hot_labels, rng) -> adversarial images.
@@ -72,8 +73,10 @@ class AutoAttackEnsemble(EvasionAttack):
                 rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
                 candidate = run(images[rows], one_hot[rows], rng)
                 # Counted only if it fools the real model inside the eps-ball and [0, 1] (the reference's check).
-                won = self._fooled(candidate, one_hot[rows]) & _within(candidate, images[rows], self.params)
-                adversarial[rows[won]] = candidate[won]
+                inside = _within(candidate, images[rows], self.params)
+                won = self._fooled(candidate, one_hot[rows]) & inside
+                # Survivors keep the latest member's try, so perturbation sizes describe what the attack did.
+                adversarial[rows[inside]] = candidate[inside]
                 robust[rows[won]] = False
             members[name] = {"ran": bool(len(rows)), "fooled": int(len(rows) - robust[rows].sum()) if len(rows)
                              else 0}
@@ -127,13 +130,15 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
     def run(images, labels, rng):
         adversarial = images.copy()
         left = np.ones(len(images), dtype=bool)
+        seeds = rng.integers(2 ** 32, size=TARGETS)  # one generator per target: draws do not depend on what is left
         for rank in range(2, TARGETS + 2):
             rows = np.flatnonzero(left)
             if not len(rows):
                 break
             target = np.eye(num_classes, dtype=np.float32)[_targets(classifier, images[rows], rank)]
             both = np.concatenate([labels[rows], target], axis=1)
-            found = apgd(gradient, evaluate, images[rows], both, eps=params.eps, norm=params.norm, steps=params.steps, rng=rng, batch_size=params.batch_size)
+            found = apgd(gradient, evaluate, images[rows], both, eps=params.eps, norm=params.norm, steps=params.steps,
+                         rng=np.random.default_rng(seeds[rank - 2]), batch_size=params.batch_size)
             won = fooled(found, labels[rows])
             adversarial[rows] = found
             left[rows[won]] = False
@@ -163,18 +168,20 @@ def _fab_t(classifier, params: AttackParams) -> Member:
         y = labels.argmax(axis=1)
         adversarial = images.copy()
         left = np.ones(len(images), dtype=bool)
+        seeds = rng.integers(2 ** 32, size=TARGETS)
         for rank in range(2, TARGETS + 2):
             rows = np.flatnonzero(left)
             if not len(rows):
                 break
             found = fab_targeted(classifier.predict, class_gradient, images[rows], y[rows],
                                  _targets(classifier, images[rows], rank), eps=params.eps, norm=params.norm,
-                                 steps=FAB_STEPS, restarts=FAB_RESTARTS, rng=rng)
+                                 steps=params.steps, restarts=FAB_RESTARTS,
+                                 rng=np.random.default_rng(seeds[rank - 2]))
             won = classifier.predict(found).argmax(axis=1) != y[rows]
             adversarial[rows[won]] = found[won]
             left[rows[won]] = False
         return adversarial
-    return "fab-t", f"{FAB_STEPS} iterations, {FAB_RESTARTS} restart, {TARGETS} targets", run
+    return "fab-t", f"{params.steps} iterations, {FAB_RESTARTS} restart, {TARGETS} targets", run
 
 
 def _square(classifier, params: AttackParams) -> Member:

@@ -1,12 +1,16 @@
-"""Attack factories: eps-ball and [0, 1] bounds, attack-strength ordering, defaults, validation, determinism."""
+"""Attack factories and the shared loop: eps-ball and [0, 1] bounds, attack-strength ordering, defaults, validation,
+determinism, agreement with ART's BIM and PGD, the first successful iterate kept, the loss chain and restarts."""
 
 import math
 
 import numpy as np
 import pytest
 
+from art.attacks.evasion import ProjectedGradientDescent
+
 from attacks import attack_defaults, make_attack, validate_inputs
-from capsrobust.art_bridge import to_art_classifier
+from attacks.iterative import projected_gradient_ascent
+from capsrobust.art_bridge import to_art_classifier, with_loss
 from capsrobust.errors import ConfigError
 
 FAMILIES = {"capsule": "capsnet-small", "cnn": "cnn-small"}
@@ -17,7 +21,7 @@ TOLERANCE = 0.05  # accuracy an iterative attack may trail FGSM by (3 of 64 imag
 
 @pytest.fixture(scope="module")
 def classifiers(trained_small_models):
-    """Both families trained 2 epochs on the subset (once per session), as ART classifiers (model loss)."""
+    """Both families trained 2 epochs on the subset (once per session), as ART classifiers (default loss chain)."""
     return {family: to_art_classifier(trained_small_models[name]) for family, name in FAMILIES.items()}
 
 
@@ -114,24 +118,26 @@ def test_pgd_with_a_seed_is_deterministic_and_leaves_numpys_generator_alone(clas
 def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers):
     # Kurakin et al.: step 1/255, ceil(min(255 eps + 4, 1.25 * 255 eps)) steps. eps = 0.1: 255 * 0.1 = 25.5,
     # min(25.5 + 4, 1.25 * 25.5) = min(29.5, 31.875) = 29.5, ceil -> 30.
-    assert attack_defaults("bim", 0.1) == {"step_size": 1 / 255, "steps": 30, "random_start": False}
+    assert attack_defaults("bim", 0.1) == {"step_size": 1 / 255, "steps": 30, "random_start": False, "restarts": 1}
     # eps = 8/255: min(12, 10) = 10 exactly, although 8/255 * 255 is not exactly 8 in floating point.
     assert [attack_defaults("bim", k / 255)["steps"] for k in (2, 4, 8, 16)] == [3, 5, 10, 20]
-    assert attack_defaults("pgd", 0.3) == {"step_size": 0.01, "steps": 40, "random_start": True}
-    assert attack_defaults("pgd", 0.1) == {"step_size": 0.01, "steps": 40, "random_start": True}
-    assert attack_defaults("fgsm", 0.2) == {"step_size": 0.2, "steps": 1, "random_start": False}
-    assert attack_defaults("pgd", 2.0, norm="2") == {"step_size": 2.5 * 2.0 / 40, "steps": 40, "random_start": True}
+    pgd = {"step_size": 0.01, "steps": 40, "random_start": True, "restarts": 1}
+    assert attack_defaults("pgd", 0.3) == pgd and attack_defaults("pgd", 0.1) == pgd
+    assert attack_defaults("fgsm", 0.2) == {"step_size": 0.2, "steps": 1, "random_start": False, "restarts": 1}
+    assert attack_defaults("pgd", 2.0, norm="2") == {"step_size": 2.5 * 2.0 / 40, "steps": 40, "random_start": True,
+                                                     "restarts": 1}
 
-    bim = make_attack("bim", classifiers["cnn"], 0.1).art_attack
-    assert (bim.eps, bim.eps_step, bim.max_iter, bim.num_random_init, bim.verbose) == (0.1, 1 / 255, 30, 0, False)
-    pgd = make_attack("pgd", classifiers["cnn"], 0.3).art_attack
-    assert (pgd.eps_step, pgd.max_iter, pgd.num_random_init, pgd.norm, pgd.verbose) == (0.01, 40, 1, np.inf, False)
+    bim = make_attack("bim", classifiers["cnn"], 0.1).params
+    assert (bim.eps, bim.step_size, bim.steps, bim.random_start, bim.restarts) == (0.1, 1 / 255, 30, False, 1)
     record = make_attack("fgsm", classifiers["cnn"], 0.25, batch_size=32).record()
     assert record == {"method": "fgsm", "eps": 0.25, "norm": "inf", "step_size": 0.25, "steps": 1,
-                      "random_start": False, "targeted": False, "batch_size": 32, "seed": None, "loss": "model",
-                      "art_class": "FastGradientMethod"}
-    assert attack_defaults("pgd100", 0.3) == {"step_size": 0.01, "steps": 100, "random_start": True}
-    assert attack_defaults("autoattack", 0.3) == {"step_size": 0.6, "steps": 100, "random_start": True}
+                      "random_start": False, "targeted": False, "batch_size": 32, "seed": None, "restarts": 1,
+                      "loss": "ce+dlr", "art_class": "ObjectiveAttack"}
+    # Madry et al. evaluate with 100 steps and restarts.
+    assert attack_defaults("pgd100", 0.3) == {"step_size": 0.01, "steps": 100, "random_start": True, "restarts": 5}
+    assert make_attack("pgd100", classifiers["cnn"], 0.3, restarts=2).params.restarts == 2
+    assert attack_defaults("autoattack", 0.3) == {"step_size": 0.6, "steps": 100, "random_start": True,
+                                                  "restarts": 1}
     assert attack_defaults("rbim", 0.1) == attack_defaults("bim", 0.1)
     assert attack_defaults("vote", 0.3) == attack_defaults("pgd", 0.3)
     assert attack_defaults("transfer", 0.3, options={"base": "bim"}) == attack_defaults("bim", 0.3)
@@ -153,6 +159,10 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
     ({"method": "transfer", "options": {"base": "transfer"}}, "base='transfer'"),
     ({"method": "pgd", "options": {"recon_weight": 0.1}}, "options={'recon_weight': 0.1}"),
     ({"method": "vote", "norm": "2", "eps": 1.0}, "norm='2'"),
+    ({"restarts": 0}, "restarts=0"),
+    ({"method": "bim", "restarts": 3}, "restarts=3"),
+    ({"norm": "2", "eps": -1.0}, "eps=-1.0"),
+    ({"norm": "2", "eps": math.nan}, "eps=nan"),
 ])
 def test_invalid_arguments_raise_one_line_config_errors(classifiers, kwargs, argument):
     arguments = {"method": "pgd", "eps": 0.1, **kwargs}
@@ -161,7 +171,7 @@ def test_invalid_arguments_raise_one_line_config_errors(classifiers, kwargs, arg
     message = str(error.value)
     assert "\n" not in message and f"Received: {argument}" in message
     if argument.startswith("method"):
-        assert "fgsm, bim, pgd, pgd100, vote, vote-da, rbim, autoattack, transfer" in message
+        assert "fgsm, bim, pgd, pgd100, vote, vote-da, rbim, autoattack, autoattack-fast, transfer" in message
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 255.0])
@@ -177,7 +187,7 @@ def test_inputs_with_nan_inf_or_out_of_range_pixels_are_refused(clean, bad):
 def test_fgsm_is_exact_sign_steps_of_eps(classifiers, clean, family):
     """At eps = 0 nothing changes; at eps > 0 every pixel with a non-zero gradient moves by exactly eps in the
     gradient's sign, or stops at the clip bound it would cross."""
-    classifier, (images, labels) = classifiers[family], clean[family]
+    classifier, (images, labels) = with_loss(classifiers[family], "ce"), clean[family]
     np.testing.assert_array_equal(make_attack("fgsm", classifier, 0.0).generate(images, labels), images)
     eps = 0.1
     adversarial = make_attack("fgsm", classifier, eps).generate(images, labels)
@@ -188,3 +198,64 @@ def test_fgsm_is_exact_sign_steps_of_eps(classifiers, clean, family):
     interior = (sign != 0) & (expected > 0) & (expected < 1)
     np.testing.assert_allclose(moved[interior], eps, atol=1e-6)
     assert np.mean(sign != 0) > 0.5  # the check covers most pixels, not only a few with a gradient
+
+
+@pytest.mark.parametrize("norm, eps, random_start", [("inf", 0.1, False), ("inf", 0.3, True)])
+def test_the_loop_takes_arts_pgd_steps(classifiers, clean, norm, eps, random_start):
+    """Run for every step (no early stop) from the same start, the loop is ART's BIM / PGD, step for step.
+
+    (Under L2 ART clips to [0, 1] before projecting onto the ball; the loop projects first, as the reference
+    AutoAttack and Madry et al.'s robustness library do, so the two differ there by design.)"""
+    classifier = with_loss(classifiers["cnn"], "ce")
+    images, labels = clean["cnn"][0][:16], clean["cnn"][1][:16]
+    one_hot = np.eye(10, dtype=np.float32)[labels]
+    step = 0.02 if norm == "inf" else 0.3
+    art = ProjectedGradientDescent(classifier, norm=np.inf if norm == "inf" else 2, eps=eps, eps_step=step,
+                                   max_iter=7, num_random_init=int(random_start), batch_size=16, verbose=False,
+                                   summary_writer=False)
+    np.random.seed(3)
+    start = None
+    if random_start:  # ART's own draw, repeated so that both loops start from the same point
+        from art.utils import random_sphere
+        start = np.clip(images + random_sphere(16, 784, eps, art.norm).reshape(images.shape), 0, 1).astype("float32")
+        np.random.seed(3)
+    expected = art.generate(images, one_hot)
+    ours = projected_gradient_ascent(classifier.loss_gradient, images, one_hot, eps=eps, norm=norm, step_size=step,
+                                     steps=7, start=start)
+    np.testing.assert_allclose(ours, expected, atol=2e-6)
+    assert np.abs(ours - images).max() > 0.5 * (eps if norm == "inf" else step)  # it moved
+
+
+def test_an_image_keeps_its_first_successful_iterate():
+    """The objective pushes every pixel up for 3 steps and back down after; success is a mean above 0.6. The last
+    iterate is benign, an earlier one adversarial: the loop must return that one."""
+    calls = []
+
+    def gradient(images, labels):
+        calls.append(len(images))
+        return np.ones_like(images) if len(calls) <= 3 else -np.ones_like(images)
+
+    def success(images, labels):
+        return images.reshape(len(images), -1).mean(axis=1) > 0.6
+
+    x = np.full((2, 4, 4, 1), 0.5, dtype=np.float32)
+    y = np.zeros((2, 10), dtype=np.float32)
+    last = projected_gradient_ascent(gradient, x, y, eps=0.3, norm="inf", step_size=0.05, steps=8)
+    assert not success(last, y).any()  # without early stopping the loop drifts back
+    calls.clear()
+    first = projected_gradient_ascent(gradient, x, y, eps=0.3, norm="inf", step_size=0.05, steps=8, done=success)
+    assert success(first, y).all()
+    np.testing.assert_allclose(first, 0.65, atol=1e-6)  # the 3rd step: 0.5 + 3 * 0.05
+
+
+def test_restarts_run_only_on_the_images_still_robust(classifiers, clean):
+    images, labels = clean["cnn"][0][:32], clean["cnn"][1][:32]
+    attack = make_attack("pgd", classifiers["cnn"], 0.08, steps=10, restarts=3, seed=0)
+    adversarial = attack.generate(images, labels)
+    run = attack.last_run
+    fooled = classifiers["cnn"].predict(adversarial).argmax(axis=1) != labels
+    # Every image counted once, by the loss and restart that fooled it; the rest survived all of them.
+    assert sum(run["restarts"]) == sum(m["fooled"] for m in run["members"].values()) == int(fooled.sum())
+    assert run["survived"] == int((~fooled).sum())
+    single = make_attack("pgd", classifiers["cnn"], 0.08, steps=10, seed=0).generate(images, labels)
+    assert fooled.sum() >= (classifiers["cnn"].predict(single).argmax(axis=1) != labels).sum()
