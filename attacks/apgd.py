@@ -15,7 +15,6 @@ the last checkpoint raised the loss, or when the step was not halved and the bes
 An image leaves the loop at its first misclassified iterate.
 """
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -28,15 +27,16 @@ FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_CHECKPOINT = 0.22, 0.03, 0.06
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The steps after which APGD may halve its step: `ceil(p_j * steps)` for `p_0 = 0, p_1 = 0.22`,
-    `p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)` (Croce & Hein 2020, section 3.2)."""
-    fractions = [0.0, FIRST_CHECKPOINT]
-    while True:
-        following = fractions[-1] + max(fractions[-1] - fractions[-2] - CHECKPOINT_SHRINK, MIN_CHECKPOINT)
-        if following > 1:
-            break
-        fractions.append(following)
-    return sorted({math.ceil(p * steps) for p in fractions[1:]})
+    """The steps after which APGD may halve its step (Croce & Hein 2020, section 3.2: `w_j = ceil(p_j steps)`,
+    `p_1 = 0.22`, `p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`), in the reference code's integer form: the first
+    after `max(int(0.22 steps), 1)` steps, each interval `max(int(0.03 steps), 1)` shorter than the last, never
+    shorter than `max(int(0.06 steps), 1)`. For 100 steps: 22, 41, 57, 70, 80, 87, 93, 99."""
+    marks, interval = [], max(int(FIRST_CHECKPOINT * steps), 1)
+    shrink, shortest = max(int(CHECKPOINT_SHRINK * steps), 1), max(int(MIN_CHECKPOINT * steps), 1)
+    while (marks[-1] if marks else 0) + interval <= steps:
+        marks.append((marks[-1] if marks else 0) + interval)
+        interval = max(interval - shrink, shortest)
+    return marks
 
 
 Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]

@@ -1,11 +1,15 @@
-"""The vote attack, R-BIM, AutoAttack and transfer: budgets, strength against BIM, determinism, the sweep's columns."""
+"""The vote attack, R-BIM, APGD, AutoAttack and transfer: budgets, strength against BIM and ART's APGD, determinism,
+the sweep's columns."""
 
 import numpy as np
 import pytest
 
+from art.attacks.evasion import AutoProjectedGradientDescent
+
 from attacks import make_attack
+from attacks.apgd import checkpoints
 from attacks.rbim import reconstruction_distance
-from capsrobust.art_bridge import to_art_classifier
+from capsrobust.art_bridge import to_art_classifier, with_loss
 from capsrobust.errors import ConfigError
 from capsrobust.models import create_model
 from capsrobust.ops import squash
@@ -165,3 +169,37 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
         assert row["worst_case_accuracy"] <= min(own) + 1e-9 and row["strongest_accuracy"] == min(own)
     with pytest.raises(ConfigError, match="vote does not apply to cnn-small"):
         run_sweep([cnn], SweepConfig(methods=("vote",), eps_values=(0.1,)), images, labels)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    """Croce & Hein (2020): w_j = ceil(p_j N), p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06),
+    which for N = 100 the reference code's integer recurrence reproduces; for N = 10 that recurrence (intervals of
+    2, then 1) checks after every step from the 2nd."""
+    fractions = [0.0, 0.22]
+    while fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06) <= 1:
+        fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
+    assert checkpoints(100) == [round(100 * p) for p in fractions[1:]] == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == list(range(2, 11))
+
+
+def test_our_apgd_ce_is_at_least_as_strong_as_arts(capsule):
+    """ART's APGD returns each image's last iterate; ours keeps the first that fooled the model, so on the same
+    budget our APGD-CE fools at least as many images (give or take 2, for the random starts)."""
+    classifier, images, labels = capsule
+    eps, steps = 0.05, 20
+    np.random.seed(0)
+    art = AutoProjectedGradientDescent(with_loss(classifier, "ce"), norm=np.inf, eps=eps, eps_step=2 * eps,
+                                       max_iter=steps, targeted=False, nb_random_init=1, batch_size=128,
+                                       loss_type=None, verbose=False)
+    theirs = _accuracy(classifier, art.generate(images, np.eye(10, dtype=np.float32)[labels]), labels)
+    assert theirs < 1.0  # ART's APGD does something at this budget, so the comparison means something
+    attack = make_attack("autoattack-fast", classifier, eps, steps=steps, seed=0)
+    attack.generate(images, labels)
+    ours = 1 - attack.last_run["members"]["apgd-ce"]["fooled"] / len(images)
+    assert ours <= theirs + TOLERANCE
+
+
+def test_autoattack_needs_four_classes():
+    three = to_art_classifier(create_model("cnn-small", num_classes=3))
+    with pytest.raises(ConfigError, match="at least 4 classes.*Received: 3 classes"):
+        make_attack("autoattack", three, 0.1)

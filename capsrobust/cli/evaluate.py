@@ -27,7 +27,7 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
                                                                                   "eps-ball (PGD's default)")
     group.add_argument("--restarts", type=positive_int, metavar="N",
                        help="runs from new random starts, each on the images still robust (default: pgd100 5, else "
-                            "1; needs a random start)")
+                            "1; for the attacks with a random start)")
     group.add_argument("--targeted", action="store_true", help="aim for a random wrong class instead")
     group.add_argument("--loss", choices=("auto", "ce", "dlr", "model"), default="auto",
                        help="attack loss: auto (default) runs cross-entropy on the scores, then the "
@@ -56,11 +56,6 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
 def sweep_config(args, methods: tuple[str, ...], skip_inapplicable: bool = False):
     from capsrobust.sweep import SweepConfig
 
-    from capsrobust.errors import ConfigError
-
-    if args.norm == "inf" and max(args.eps) > 1:
-        raise ConfigError(f"an L-inf eps must be in [0, 1] (images are scaled to [0, 1]); larger budgets are for "
-                          f"--norm 2. Received: --eps {','.join(f'{e:g}' for e in args.eps)}")
     return SweepConfig(methods=methods, eps_values=args.eps, loss=args.loss, norm=args.norm,
                        step_size=args.step_size, steps=args.steps, random_start=args.random_start,
                        restarts=args.restarts,
@@ -70,11 +65,14 @@ def sweep_config(args, methods: tuple[str, ...], skip_inapplicable: bool = False
 
 
 def check_methods(text: str, args=None) -> tuple[str, ...]:
-    """The `--method` names, checked: unknown names, and a transfer without a source or with a bad base method,
-    fail with one line before anything loads."""
+    """The `--method` names, checked: unknown names, an L-inf eps above 1, and a transfer without a source or with
+    a bad base method, fail with one line before anything loads."""
     from attacks import attack_defaults, get_attack_spec
     from capsrobust.errors import ConfigError
 
+    if args is not None and args.norm == "inf" and max(args.eps) > 1:
+        raise ConfigError(f"an L-inf eps must be in [0, 1] (images are scaled to [0, 1]); larger budgets are for "
+                          f"--norm 2. Received: --eps {','.join(f'{e:g}' for e in args.eps)}")
     methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
     if not methods:
         raise ConfigError(f"--method needs at least one attack (e.g. fgsm, bim, pgd). Received: --method {text!r}")
