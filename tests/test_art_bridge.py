@@ -44,7 +44,11 @@ def test_classifier_carries_the_models_interface(models):
     assert isinstance(classifier, TensorFlowV2Classifier)
     assert classifier.nb_classes == 10 and classifier.input_shape == (28, 28, 1)
     assert tuple(classifier.clip_values) == (0, 1) and not classifier.channels_first
-    assert classifier.loss_name == "model" and LOSSES == ("model", "ce", "dlr")
+    assert classifier.loss_name == "auto" and LOSSES == ("auto", "model", "ce", "dlr")
+    # "auto" is cross-entropy in a single pass (the attacks run it as the chain ce -> dlr).
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_array_equal(classifier.compute_loss(images, np.arange(4)),
+                                  to_art_classifier(models["capsule"], loss="ce").compute_loss(images, np.arange(4)))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
