@@ -14,7 +14,8 @@ from capsrobust.sweep import SweepResult, config_dict
 
 CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_loss",
               "attack_step_size", "attack_steps", "attack_random_start", "attack_restarts", "images", "attacked",
-              "clean_accuracy", "adversarial_accuracy", "attack_success_rate", "linf_mean", "linf_max", "l2_mean",
+              "clean_accuracy", "adversarial_accuracy", "adversarial_accuracy_ci_low",
+              "adversarial_accuracy_ci_high", "attack_success_rate", "linf_mean", "linf_max", "l2_mean",
               "l2_max", "unperturbed_share", "detector_threshold", "detector_fpr", "detection_rate", "auroc",
               "undetected_success_rate", "transfer_source", "whitebox_accuracy", "source_accuracy", "seconds"]
 
@@ -51,14 +52,20 @@ def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
                                         "cells": result.cells, "worst_case": result.worst_case,
-                                        "skipped": result.skipped, "checks": result.checks, "noise": result.noise})
+                                        "skipped": result.skipped, "checks": result.checks, "noise": result.noise,
+                                        "verdicts": result.verdicts})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(result.cells)
+    writer.writerows({**c, **_ci_columns(c.get("adversarial_accuracy_ci"))} for c in result.cells)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
     (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
+
+
+def _ci_columns(interval) -> dict:
+    low, high = interval or (None, None)
+    return {"adversarial_accuracy_ci_low": low, "adversarial_accuracy_ci_high": high}
 
 
 def _pct(value) -> str:
@@ -70,10 +77,15 @@ def _num(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _ci(interval) -> str:
+    """A 95% interval as `[low, high]` in percent, or a dash."""
+    return "—" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def results_table(result: SweepResult, title: str, detection: bool = True) -> Table:
-    """One row per (model, attack, eps)."""
+    """One row per (model, attack, eps); accuracies with their 95% Wilson intervals."""
     table = Table(title=title)
-    columns = ["model", "attack", "eps", "clean acc", "adv acc", "success", "L∞ mean", "L2 mean"]
+    columns = ["model", "attack", "eps", "clean acc", "adv acc", "95% CI", "success", "L∞ mean", "L2 mean"]
     if detection:
         columns += ["det. FPR", "det. rate", "AUROC", "undetected"]
     columns.append("time")
@@ -81,7 +93,8 @@ def results_table(result: SweepResult, title: str, detection: bool = True) -> Ta
         table.add_column(column, justify="left" if column in ("model", "attack") else "right")
     for c in result.cells:
         row = [_short(c["model_id"]), c["attack"], f"{c['eps']:g}", _pct(c["clean_accuracy"]),
-               _pct(c["adversarial_accuracy"]), _pct(c["attack_success_rate"]), _num(c["linf_mean"], ".3f"),
+               _pct(c["adversarial_accuracy"]), _ci(c.get("adversarial_accuracy_ci")),
+               _pct(c["attack_success_rate"]), _num(c["linf_mean"], ".3f"),
                _num(c["l2_mean"], ".2f")]
         if detection:
             row += [_pct(c["detector_fpr"]), _pct(c["detection_rate"]),
@@ -113,7 +126,7 @@ def worst_case_table(result: SweepResult, detection: bool = True) -> Table:
     """Per model and eps: the per-image worst case over every attack, the strongest single attack, and the share of
     attacked images some attack turned into an undetected success."""
     table = Table(title="worst case over all attacks (an image counts only if it survives every attack)")
-    columns = ["model", "eps", "worst-case acc", "strongest attack", "its acc"]
+    columns = ["model", "eps", "worst-case acc", "95% CI", "strongest attack", "its acc"]
     if detection:
         columns.append("undetected by any")
     columns.append("attacks")
@@ -121,12 +134,27 @@ def worst_case_table(result: SweepResult, detection: bool = True) -> Table:
         table.add_column(column, justify="left" if column in ("model", "strongest attack", "attacks") else "right")
     for row in result.worst_case:
         cells = [_short(row["model_id"]), f"{row['eps']:g}", _pct(row["worst_case_accuracy"]),
-                 row["strongest_attack"], _pct(row["strongest_accuracy"])]
+                 _ci(row.get("worst_case_accuracy_ci")), row["strongest_attack"], _pct(row["strongest_accuracy"])]
         if detection:
             cells.append(_pct(row["undetected_success_any"]))
         cells.append(", ".join(row["attacks"]))
         table.add_row(*cells)
     return table
+
+
+def verdict_lines(result: SweepResult, significance: float = 0.05) -> list[str]:
+    """One line per pair of models and eps: which is more robust in the worst case, on McNemar's exact test."""
+    lines = []
+    for v in result.verdicts:
+        first, second = _short(v["first"]), _short(v["second"])
+        figures = (f"{100 * v['first_accuracy']:.1f}% vs {100 * v['second_accuracy']:.1f}%, p = {v['p_value']:.2g}, "
+                   f"{v['images']:,} images")
+        if v["p_value"] >= significance:
+            lines.append(f"{first} and {second} not distinguishable at eps {v['eps']:g}: {figures}")
+        else:
+            better, worse = (first, second) if v["first_accuracy"] > v["second_accuracy"] else (second, first)
+            lines.append(f"{better} more robust than {worse} at eps {v['eps']:g}: {figures}")
+    return lines
 
 
 def transfer_table(result: SweepResult) -> Table | None:

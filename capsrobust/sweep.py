@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import binomtest
 
 from attacks import attack_defaults, get_attack_spec, make_attack, validate_inputs
 from capsrobust.errors import ConfigError
@@ -26,6 +25,7 @@ from capsrobust.art_bridge import to_art_classifier
 from capsrobust.detection import ReconstructionDetector, auroc, reconstruction_distances
 from capsrobust.models.base import RECONSTRUCTION, SCORES
 from capsrobust.models.predict import predict_batched
+from capsrobust.stats import mcnemar_exact, wilson_interval
 
 # Trust-check tolerances: a 1-point accuracy wobble is noise on a few hundred images, not a failed check.
 TOLERANCE = 0.01
@@ -82,6 +82,7 @@ class SweepResult:
     worst_case: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    verdicts: list[dict] = field(default_factory=list)
     # Per (model id, attack, eps): which attacked images survived (the trust checks test gaps on the same images).
     survivors: dict = field(default_factory=dict)
 
@@ -120,6 +121,7 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
     task = progress.add_task("sweep", total=len(plan) * len(config.eps_values)) if progress is not None else None
     source_classifiers = {s.id: to_art_classifier(s.model, loss=config.loss, batch_size=config.batch_size)
                           for s in sources}
+    robust_per_model = {}
     for mut in models:
         clean = predict_batched(mut.model, images, config.batch_size)
         correct = clean[SCORES].argmax(-1) == labels
@@ -148,11 +150,13 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
                 if progress is not None:
                     progress.advance(task)
         result.worst_case.extend(_worst_case(mut, result.cells, survived, undetected, correct))
+        robust_per_model[mut.id] = survived
         if config.trust_checks:
             result.noise.extend(_noise_accuracy(mut, config, images, labels))
             result.checks.append(_eps_one_check(mut, classifier, config, images[correct], labels[correct]))
     if config.trust_checks:
         result.checks = _sweep_checks(result) + result.checks
+    result.verdicts = _verdicts(models, robust_per_model)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -239,7 +243,9 @@ def _attack_cell(mut, classifier, method, eps, config, images, labels, correct, 
         "attack_options": options,
         "images": n, "attacked": int(len(x)),
         "clean_accuracy": float(correct.mean()),
+        "clean_accuracy_ci": wilson_interval(int(correct.sum()), n),
         "adversarial_accuracy": float((adv_pred == y).sum() / n) if n else float("nan"),
+        "adversarial_accuracy_ci": wilson_interval(int((adv_pred == y).sum()), n),
         "attack_success_rate": _mean(success),
         "linf_mean": _mean(linf), "linf_max": float(linf.max(initial=0.0)),
         "l2_mean": _mean(l2), "l2_max": float(l2.max(initial=0.0)),
@@ -313,9 +319,29 @@ def _worst_case(mut: ModelUnderTest, cells: list[dict], survived: dict, undetect
         strongest = min(own, key=lambda c: c["adversarial_accuracy"])
         rows.append({"model_id": mut.id, "model": mut.name, "eps": eps, "attacks": [c["attack"] for c in own],
                      "worst_case_accuracy": float(robust.mean()),
+                     "worst_case_accuracy_ci": wilson_interval(int(robust.sum()), len(robust)),
                      "strongest_attack": strongest["attack"], "strongest_accuracy": strongest["adversarial_accuracy"],
                      "undetected_success_any": (_mean(undetected[eps]) if mut.detector is not None else None)})
     return rows
+
+
+def _verdicts(models: list[ModelUnderTest], robust: dict) -> list[dict]:
+    """Each pair of models at each eps, on the same images: worst-case accuracies and McNemar's exact test.
+
+    An image counts for a model when it survived every attack on it (clean mistakes count against it too), so the
+    test compares the figures the worst-case table reports.
+    """
+    verdicts = []
+    for i, first in enumerate(models):
+        for second in models[i + 1:]:
+            for eps in robust[first.id].keys() & robust[second.id].keys():
+                a, b = robust[first.id][eps], robust[second.id][eps]
+                only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+                p = mcnemar_exact(only_a, only_b)
+                verdicts.append({"eps": eps, "first": first.id, "second": second.id, "images": int(len(a)),
+                                 "first_accuracy": float(a.mean()), "second_accuracy": float(b.mean()),
+                                 "only_first_robust": only_a, "only_second_robust": only_b, "p_value": p})
+    return sorted(verdicts, key=lambda v: (v["eps"], v["first"], v["second"]))
 
 
 def _prefixed(params: dict) -> dict:
@@ -486,8 +512,7 @@ def _gap_checks(result: SweepResult, model_id: str, cells: list[dict]) -> list[d
             weak = result.survivors[(model_id, cell["attack"], eps)]
             only_weak_fooled, only_strong_fooled = int(np.sum(~weak & strong)), int(np.sum(weak & ~strong))
             gap = cell["adversarial_accuracy"] - strongest["adversarial_accuracy"]
-            discordant = only_weak_fooled + only_strong_fooled
-            p = binomtest(only_weak_fooled, discordant, 0.5).pvalue if discordant else 1.0
+            p = mcnemar_exact(only_weak_fooled, only_strong_fooled)
             checks.append(_check("close to the strongest attack", model_id,
                                  gap <= FAR_WEAKER or p >= SIGNIFICANCE,
                                  f"{cell['attack']} {cell['adversarial_accuracy']:.3f} vs {strongest['attack']} "

@@ -167,6 +167,15 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
         own = [c["adversarial_accuracy"] for c in result.cells
                if c["model_id"] == row["model_id"] and c["eps"] == row["eps"]]
         assert row["worst_case_accuracy"] <= min(own) + 1e-9 and row["strongest_accuracy"] == min(own)
+    # The capsule-vs-CNN verdict per eps compares the worst-case figures above, on the same 40 images.
+    assert [(v["eps"], v["first"], v["second"], v["images"]) for v in result.verdicts] == [
+        (0.1, capsnet.id, cnn.id, 40), (0.2, capsnet.id, cnn.id, 40)]
+    for verdict in result.verdicts:
+        rows = {r["model_id"]: r for r in result.worst_case if r["eps"] == verdict["eps"]}
+        assert verdict["first_accuracy"] == rows[capsnet.id]["worst_case_accuracy"]
+        assert verdict["second_accuracy"] == rows[cnn.id]["worst_case_accuracy"]
+        gap = (verdict["only_first_robust"] - verdict["only_second_robust"]) / 40
+        assert gap == pytest.approx(verdict["first_accuracy"] - verdict["second_accuracy"])
     with pytest.raises(ConfigError, match="vote does not apply to cnn-small"):
         run_sweep([cnn], SweepConfig(methods=("vote",), eps_values=(0.1,)), images, labels)
 

@@ -169,6 +169,8 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     console.print(report.describe_attacks(result), highlight=False)
     if result.checks:
         console.print(report.checks_table(result))
+    for line in report.verdict_lines(result):
+        console.print(line, highlight=False)
     console.print(f"results, grids and plots in {out_dir}")
     return out_dir
 
