@@ -319,6 +319,9 @@ def _worst_case(mut: ModelUnderTest, cells: list[dict], survived: dict, undetect
         strongest = min(own, key=lambda c: c["adversarial_accuracy"])
         rows.append({"model_id": mut.id, "model": mut.name, "eps": eps, "attacks": [c["attack"] for c in own],
                      "worst_case_accuracy": float(robust.mean()),
+                     # Per evaluated image, 1 where it survived every attack: what a verdict between two separate
+                     # runs on the same images needs (`capsrobust.stats.mcnemar_exact`).
+                     "survived": "".join("1" if r else "0" for r in robust),
                      "worst_case_accuracy_ci": wilson_interval(int(robust.sum()), len(robust)),
                      "strongest_attack": strongest["attack"], "strongest_accuracy": strongest["adversarial_accuracy"],
                      "undetected_success_any": (_mean(undetected[eps]) if mut.detector is not None else None)})

@@ -167,6 +167,7 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
         own = [c["adversarial_accuracy"] for c in result.cells
                if c["model_id"] == row["model_id"] and c["eps"] == row["eps"]]
         assert row["worst_case_accuracy"] <= min(own) + 1e-9 and row["strongest_accuracy"] == min(own)
+        assert len(row["survived"]) == 40 and row["survived"].count("1") / 40 == row["worst_case_accuracy"]
     # The capsule-vs-CNN verdict per eps compares the worst-case figures above, on the same 40 images.
     assert [(v["eps"], v["first"], v["second"], v["images"]) for v in result.verdicts] == [
         (0.1, capsnet.id, cnn.id, 40), (0.2, capsnet.id, cnn.id, 40)]

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                              "PGD-100, vote attacks, R-BIM, AutoAttack and transfer between the compared models; "
                              "attacks that do not apply to a model, e.g. the vote attack on a CNN, are skipped and "
                              "listed)")
-    add_attack_args(parser, methods_default=None, eps_default="0.05,0.1,0.2,0.3", limit_default=500)
+    add_attack_args(parser, methods_default=None, eps_default="0.05,0.1,0.2,0.3")
     parser.set_defaults(run=run, command="compare")
 
 
