@@ -7,6 +7,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Fixtures whose set-up trains models or starts subprocesses (seconds to minutes on a CPU): every test that uses one,
+# directly or through another fixture, is marked slow. Tests that train or start processes in their own body carry
+# `@pytest.mark.slow` themselves. `python -m pytest -m "not slow"` runs the quick tier (see pytest.ini).
+SLOW_FIXTURES = {
+    "trained_small_models",  # below: capsnet-small and cnn-small trained 2 epochs (attack, sweep, bridge tests)
+    "run_under_backend",  # below: a Python subprocess under another Keras backend
+    "two_device_run",  # test_distribute.py: a subprocess training on two logical devices
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path_factory):

@@ -28,6 +28,7 @@ def _installed_version(backend: str) -> str:
     return importlib.metadata.version(VERSIONS[backend])
 
 
+@pytest.mark.slow
 def test_backends_lists_every_installed_backend_and_marks_the_active_one():
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "COLUMNS": "200"}
     done = subprocess.run([sys.executable, "-m", "capsrobust", "backends", "--json"], cwd=ROOT, env=env,

@@ -14,6 +14,7 @@ def capsrobust(*args, home):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_train_models_test_end_to_end(tmp_path):
     trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "2000",
                          home=tmp_path)
@@ -36,6 +37,7 @@ def test_train_models_test_end_to_end(tmp_path):
 
 # One of each kind, as a real process: an argument argparse refuses, a name the registry refuses, and a state the
 # store refuses. tests/faults/test_cli_arguments.py runs every other bad input in-process.
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["train", "mnist", "--epochs", "0"], "expected a positive integer"),
     (["train", "mnist", "--subset", "--model", "resnet"], "unknown model 'resnet'"),
@@ -49,8 +51,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert not any((tmp_path / "models").glob("*"))
 
 
+@pytest.mark.slow
 def test_attack_and_detect_end_to_end(tmp_path):
-    trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-recon", "--epochs", "1", home=tmp_path)
+    # What follows needs a stored model with a decoder and a detector, not a good one: 1,000 images train it.
+    trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-recon", "--epochs", "1", "--limit", "1000",
+                         home=tmp_path)
     assert trained.returncode == 0, trained.stderr
     out = tmp_path / "out"
     attacked = capsrobust("attack", "--model", "cnn-recon", "--method", "fgsm,bim", "--eps", "0.1,0.2", "--steps", "5",
@@ -83,9 +88,10 @@ def test_transfer_without_a_source_is_one_line_and_exit_2(capsys):
     assert "needs a source model to craft on: add --source MODEL" in error and error.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path):
     trained = capsrobust("train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations", "1",
-                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "600", "--batch-size", "32",
+                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "192", "--batch-size", "32",
                          home=tmp_path)
     assert trained.returncode == 0, trained.stderr
     (entry,) = (tmp_path / "models").iterdir()

@@ -95,7 +95,9 @@ def test_two_clear_clusters_go_to_the_right_parents():
 
 
 @pytest.mark.parametrize("normalize_cost, temperatures", [(True, [0.5, 1.0]), (False, [0.001, 0.01])])
-@pytest.mark.parametrize("iterations", [1, 2, 3, 4, 5])
+# 1, 3 and 5 iterations in the quick tier (`-m "not slow"`), 2 and 4 as well in the full suite.
+@pytest.mark.parametrize("iterations", [1, pytest.param(2, marks=pytest.mark.slow), 3,
+                                        pytest.param(4, marks=pytest.mark.slow), 5])
 def test_values_and_gradients_stay_finite(iterations, normalize_cost, temperatures):
     tf.keras.utils.set_random_seed(iterations)
     model = create_model("em-capsnet-small", em_iterations=iterations, inverse_temperature=temperatures,

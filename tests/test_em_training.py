@@ -23,6 +23,7 @@ def test_margin_ramp_is_linear_per_batch_and_holds_at_its_end():
     assert schedule.value(2, 0) == schedule.value(7, 3) == pytest.approx(0.9)
 
 
+@pytest.mark.slow
 def test_short_training_learns_and_a_resume_continues_the_margin_ramp(mnist_subset, tmp_path):
     data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:1200], y_train=mnist_subset.y_train[:1200],
                                x_val=mnist_subset.x_val[:300], y_val=mnist_subset.y_val[:300])

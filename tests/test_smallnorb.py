@@ -311,6 +311,7 @@ def test_model_config_comes_from_the_data_set(fake_norb, monkeypatch):
     one_line_error(excinfo, "does not fit smallnorb: image_shape=[28, 28, 1]", "image_shape=[32, 32, 1]")
 
 
+@pytest.mark.slow
 def test_train_without_files_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "CAPSROBUST_HOME": str(tmp_path), "CAPSROBUST_OFFLINE": "1", "COLUMNS": "200",
            "XDG_CACHE_HOME": str(tmp_path / "cache")}

@@ -31,6 +31,7 @@ def _straight_and_resumed(name, dataset, tmp_path):
     return straight, resumed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["capsnet-small", "cnn-small"])
 def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
     result = fit(name, model_config(name), mnist_subset, TrainSettings(epochs=2, batch_size=64), tmp_path)
@@ -41,6 +42,7 @@ def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one(mnist_subset, tmp_path):
     """cnn-small, whose dropout masks must resume too (the other backends: test_backends.py)."""
     straight, resumed = _straight_and_resumed("cnn-small", mnist_subset, tmp_path)
@@ -51,6 +53,7 @@ def test_training_is_deterministic_and_a_resumed_run_equals_an_uninterrupted_one
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_nan_stops_training_and_keeps_last_good_checkpoint(mnist_subset, tmp_path, monkeypatch):
     data = _small(mnist_subset, n_train=256, n_val=64)
     config = model_config("cnn-small")

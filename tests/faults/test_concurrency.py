@@ -7,6 +7,8 @@ each run is published once, and that `capsrobust models` lists all of them as he
 
 import json
 
+import pytest
+
 from capsrobust.models import create_model, model_config
 from capsrobust.store import ModelStore
 
@@ -16,6 +18,7 @@ TINY = ["--subset", "--model", "cnn-small", "--epochs", "2", "--limit", "64", "-
         "--quiet"]
 
 
+@pytest.mark.slow
 def test_two_trainings_and_an_attack_at_once_leave_every_entry_whole(tmp_path, cli, monkeypatch):
     home = tmp_path / "home"
     store = ModelStore(home)

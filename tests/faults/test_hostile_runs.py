@@ -74,6 +74,7 @@ def test_resume_of_a_damaged_run_is_one_line(fault, interrupted_store, tmp_path,
     assert not (store / "models").exists()
 
 
+@pytest.mark.slow
 def test_the_undamaged_copy_resumes(interrupted_store, tmp_path, cli):
     """The control: the same copy without damage resumes and publishes, so each fault above is what fails."""
     root, run_id = interrupted_store

@@ -62,6 +62,7 @@ def _visible_files(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     home = tmp_path / "home"
     store = ModelStore(home)

@@ -42,6 +42,7 @@ def _poison(where: str, value: float):
     return poisoned_order, poisoned_getitem
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, value, message", [
     ("pixel", np.nan, "NaN/Inf values in the training inputs at epoch 2, batch 1"),
     ("label", np.inf, "NaN/Inf values in the training inputs at epoch 2, batch 1"),
@@ -66,6 +67,7 @@ def test_non_finite_batch_stops_training_and_keeps_the_last_good_checkpoint(wher
     assert not list(tmp_path.glob("epoch-0002*"))
 
 
+@pytest.mark.slow
 def test_nan_in_the_first_epoch_via_cli_is_one_line_and_publishes_nothing(monkeypatch, cli):
     clean = ShiftedBatches.__getitem__
 
@@ -111,6 +113,7 @@ def test_attack_on_a_model_that_gets_every_image_wrong_reports_instead_of_crashi
     assert rows == [(0, 0.0, 0.0)] * 2
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_is_one_line_and_keeps_the_previous_one(mnist_subset, tmp_path, monkeypatch):
     """Not numerical, but the same trainer path: a checkpoint write that fails (ENOSPC) mid-run."""
     import errno
