@@ -29,6 +29,7 @@ from attacks.iterative import misclassified_by
 from capsrobust.art_bridge import input_gradient, with_loss
 from capsrobust.errors import ConfigError
 from capsrobust.losses import softmax_cross_entropy, targeted_difference_of_logits_ratio
+from capsrobust.models.base import SCORES
 
 TARGETS = 9  # the reference's n_target_classes
 FAB_RESTARTS = 1
@@ -148,8 +149,6 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
 
 def targeted_difference_of_logits_ratio_of(model):
     """The targeted DLR of `model`'s scores as an objective `(images, [true | target] one-hot) -> (batch,)`."""
-    from capsrobust.models.base import SCORES
-
     num_classes = model.num_classes
 
     def objective(images, labels):
