@@ -29,7 +29,10 @@ def test_sweep_fields_and_outputs(trained_capsnet, tmp_path):
     result = run_sweep([mut], config, images, labels)
     assert len(result.cells) == 6
     for cell in result.cells:
-        assert set(report.CSV_FIELDS) <= set(cell)
+        # Every CSV column is a cell field, but the interval, which the CSV splits into its two ends.
+        assert set(report.CSV_FIELDS) - {"adversarial_accuracy_ci_low", "adversarial_accuracy_ci_high"} <= set(cell)
+        low, high = cell["adversarial_accuracy_ci"]
+        assert low <= cell["adversarial_accuracy"] <= high
         assert cell["linf_max"] <= cell["eps"] + 1e-6
     at_zero = [c for c in result.cells if c["eps"] == 0.0]
     assert all(c["adversarial_accuracy"] == c["clean_accuracy"] and c["linf_max"] == 0 for c in at_zero)
