@@ -146,14 +146,15 @@ def verdict_lines(result: SweepResult, significance: float = 0.05) -> list[str]:
     """One line per pair of models and eps: which is more robust in the worst case, on McNemar's exact test."""
     lines = []
     for v in result.verdicts:
-        first, second = _short(v["first"]), _short(v["second"])
-        figures = (f"{100 * v['first_accuracy']:.1f}% vs {100 * v['second_accuracy']:.1f}%, p = {v['p_value']:.2g}, "
-                   f"{v['images']:,} images")
+        pair = [(_short(v["first"]), v["first_accuracy"]), (_short(v["second"]), v["second_accuracy"])]
+        if v["p_value"] < significance and pair[1][1] > pair[0][1]:
+            pair.reverse()  # the more robust model first, its figure first
+        (first, a), (second, b) = pair
+        figures = f"{100 * a:.1f}% vs {100 * b:.1f}%, p = {v['p_value']:.2g}, {v['images']:,} images"
         if v["p_value"] >= significance:
             lines.append(f"{first} and {second} not distinguishable at eps {v['eps']:g}: {figures}")
         else:
-            better, worse = (first, second) if v["first_accuracy"] > v["second_accuracy"] else (second, first)
-            lines.append(f"{better} more robust than {worse} at eps {v['eps']:g}: {figures}")
+            lines.append(f"{first} more robust than {second} at eps {v['eps']:g}: {figures}")
     return lines
 
 

@@ -29,6 +29,11 @@ def test_verdicts_name_the_more_robust_model_only_when_the_test_rejects_chance()
          "second": "cnn-small-mnist-20261201-000000-123456", "images": 1000, "first_accuracy": 0.01,
          "second_accuracy": 0.012, "only_first_robust": 1, "only_second_robust": 3, "p_value": mcnemar_exact(1, 3)}])
     first, second = report.verdict_lines(result)
+    # The more robust model and its figure come first, whichever order the sweep ran them in.
+    swapped = SweepResult(result.config, verdicts=[{**result.verdicts[0], "first": result.verdicts[0]["second"],
+                                                    "second": result.verdicts[0]["first"], "first_accuracy": 0.54,
+                                                    "second_accuracy": 0.612}])
+    assert report.verdict_lines(swapped) == [first]
     assert first.startswith("capsnet-small more robust than cnn-small at eps 0.1: 61.2% vs 54.0%, p = ")
     assert first.endswith("1,000 images")
     assert second.startswith("capsnet-small and cnn-small not distinguishable at eps 0.3: 1.0% vs 1.2%, p = 0.62")
