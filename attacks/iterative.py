@@ -30,6 +30,11 @@ Gradient = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Success = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def l2_norms(array: np.ndarray) -> np.ndarray:
+    """The L2 norm of each image of `array` `(n, h, w, c)`, shaped `(n, 1, 1, 1)` to broadcast against it."""
+    return np.sqrt((array.reshape(len(array), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (array.ndim - 1))
+
+
 def random_start(x: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
     """A uniform random point of the eps-ball around each image `(n, h, w, c)`, clipped to [0, 1]."""
     if norm == "inf":
@@ -48,8 +53,7 @@ def project(adversarial: np.ndarray, x: np.ndarray, eps: float, norm: str) -> np
     if norm == "inf":
         delta = np.clip(delta, -eps, eps)
     else:
-        norms = np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (delta.ndim - 1))
-        delta = delta * np.minimum(1.0, eps / np.maximum(norms, 1e-12))
+        delta = delta * np.minimum(1.0, eps / np.maximum(l2_norms(delta), 1e-12))
     return np.clip(x + delta, 0.0, 1.0).astype(np.float32)
 
 
@@ -57,8 +61,7 @@ def steepest_step(gradient: np.ndarray, norm: str) -> np.ndarray:
     """The unit step of steepest ascent: the gradient's sign (L-inf) or its direction (L2; zero stays zero)."""
     if norm == "inf":
         return np.sign(gradient)
-    norms = np.sqrt((gradient.reshape(len(gradient), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (gradient.ndim - 1))
-    return gradient / np.maximum(norms, 1e-12)
+    return gradient / np.maximum(l2_norms(gradient), 1e-12)
 
 
 def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from attacks import attack_defaults, get_attack_spec, make_attack, validate_inputs
+from attacks.iterative import l2_norms
 from capsrobust.errors import ConfigError
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.detection import ReconstructionDetector, auroc, reconstruction_distances
@@ -362,7 +363,7 @@ def _noise(images: np.ndarray, eps: float, norm: str, rng: np.random.Generator) 
         noise = rng.uniform(-eps, eps, size=images.shape)
     else:
         noise = rng.standard_normal(images.shape)
-        noise *= eps / np.sqrt((noise.reshape(len(images), -1) ** 2).sum(axis=1)).reshape(-1, *[1] * (images.ndim - 1))
+        noise *= eps / l2_norms(noise)
     return np.clip(images + noise, 0, 1).astype("float32")
 
 
