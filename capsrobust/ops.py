@@ -40,3 +40,23 @@ def squash(s, axis: int = -1, epsilon: float = NORM_EPSILON):
     squared_norm = ops.sum(ops.square(s), axis=axis, keepdims=True)
     scale = squared_norm / (1.0 + squared_norm) / ops.sqrt(squared_norm + epsilon)
     return scale * s
+
+
+def exponential_squash(s, axis: int = -1, epsilon: float = NORM_EPSILON):
+    """The squash of Efficient-CapsNet (Mazzia, Salvetti & Chiaberge 2021): `v = (1 - e^-|s|) s / |s|`.
+
+    Near zero it is almost the identity (`|v| ~ |s|`, where `squash` is quadratic, `|v| ~ |s|^2`), so short capsules
+    keep their gradient; long ones approach length 1 like `squash`'s.
+
+    Args:
+        s: capsule vectors, shape `(..., capsule_dim)` when `axis=-1`.
+        axis: the axis that holds each capsule's components.
+        epsilon: added to `|s|^2` under the square root, as in `safe_norm`: keeps the value and the gradient finite
+            at `s = 0`, where `v = 0`.
+
+    Returns:
+        `v` with `s`'s shape and lengths in [0, 1) (float32 rounds `1 - e^-|s|` to exactly 1 above `|s|` ~ 17).
+    """
+    norm = safe_norm(s, axis=axis, keepdims=True, epsilon=epsilon)
+    # -expm1(-n) is 1 - e^-n without the cancellation of computing 1 - e^-n for small n.
+    return (-ops.expm1(-norm) / norm) * s

@@ -1,12 +1,14 @@
-"""Routing-by-agreement kernels.
+"""Routing-by-agreement kernels: dynamic routing (Sabour et al. 2017) and self-attention routing (Mazzia et al. 2021).
 
 A routing kernel takes the votes of every child capsule for every parent capsule and returns the parents' poses.
 Kernels are plain functions on `keras.ops` tensors; layers in `capsrobust.layers` own the weights.
 """
 
+import math
+
 from keras import ops
 
-from capsrobust.ops import squash
+from capsrobust.ops import exponential_squash, squash
 
 
 def capsule_votes(inputs, kernel, by_parent: bool = False):
@@ -77,3 +79,31 @@ def dynamic_routing(votes, iterations: int = 3, stop_gradient: bool = False, by_
             agreement = ops.squeeze(ops.matmul(routed_votes, ops.expand_dims(poses, -1)), -1)  # (b, J, I)
             logits = agreement if logits is None else logits + agreement
     return poses, ops.transpose(couplings, (0, 2, 1))
+
+
+def self_attention_routing(votes, priors):
+    """Self-attention routing, the one-pass routing of Efficient-CapsNet (Mazzia, Salvetti & Chiaberge 2021).
+
+    For each parent `j`, the agreement of the votes with one another, `A_j = U_j U_j^T / sqrt(parent_dim)` with
+    `U_j` the `(children, parent_dim)` matrix of votes for `j`, gives child `i` the routing logit `sum_k A_j[i, k]`,
+    its total agreement with all the children. As in the authors' code, the couplings are the softmax of these logits
+    over the parents (each child's couplings sum to 1 before the priors), plus a learned prior `B_ji` (their "log
+    priors", added after the softmax); `s_j = sum_i (c_ij + B_ji) u_hat_j|i` is squashed with `exponential_squash`.
+
+    `sum_k A_j[i, k] = u_hat_j|i . sum_k u_hat_j|k`, so the logits cost one sum and one dot product per vote and the
+    `(children, children)` matrices are never formed (`capsrobust.routing_reference.matrix_self_attention_routing`
+    forms them).
+
+    Args:
+        votes: `u_hat`, `(batch, num_parents, num_children, parent_dim)`, as `capsule_votes(..., by_parent=True)`
+            makes them.
+        priors: `B`, `(num_parents, num_children)`.
+
+    Returns:
+        A tuple `(poses, couplings)`: `poses` of shape `(batch, num_parents, parent_dim)` with lengths in [0, 1), and
+        the couplings with the priors added, `(batch, num_children, num_parents)`.
+    """
+    agreement = ops.sum(votes * ops.sum(votes, axis=2, keepdims=True), axis=-1)  # (b, J, I)
+    couplings = ops.softmax(agreement / math.sqrt(votes.shape[-1]), axis=1) + priors
+    total = ops.squeeze(ops.matmul(ops.expand_dims(couplings, 2), votes), 2)  # (b, J, D)
+    return exponential_squash(total), ops.transpose(couplings, (0, 2, 1))

@@ -7,6 +7,9 @@ gradients to 1e-5 relative in float64) the plain way: every intermediate tensor 
   poses over the parents and forms the votes with one batched matmul, `(batch, 1152, 10, 16, 8) @ (..., 8, 1)`, then
   routes with 5-D tensors throughout, tiling the parents' outputs back over the children for the agreement.
   The fast path is `capsule_votes` (one einsum, no tiling) followed by `capsrobust.routing.dynamic_routing`.
+- `matrix_self_attention_routing`: Efficient-CapsNet's routing as its definition reads, with each parent's
+  `(children, children)` agreement matrix `U_j U_j^T` formed and summed over its rows. The fast kernel
+  `capsrobust.routing.self_attention_routing` takes each vote's dot product with the sum of the votes instead.
 - `plain_em_routing`: Procedure 1 of Hinton et al. (2018) with the deviations, weighted votes and squared deviations
   of every (child, parent, pose entry) materialised in every iteration, `(batch, positions, children, parents, 16)`
   each. The fast kernel `capsrobust.em_routing.em_routing` reads the votes through two matrix products per iteration.
@@ -19,7 +22,7 @@ from keras import ops
 
 from capsrobust.em_routing import (VARIANCE_FLOOR, activation_logits, initial_assignments, inverse_temperatures,
                                    normalise_over_parents)
-from capsrobust.ops import squash
+from capsrobust.ops import exponential_squash, squash
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -50,6 +53,21 @@ def tiled_dynamic_routing(inputs, kernel, iterations: int = 3):
             tiled_poses = ops.tile(poses, (1, children, 1, 1, 1))  # (b, I, J, D, 1)
             logits = logits + ops.matmul(ops.swapaxes(votes, -1, -2), tiled_poses)  # (b, I, J, 1, 1)
     return ops.squeeze(poses, axis=(1, 4))
+
+
+def matrix_self_attention_routing(votes, priors):
+    """Self-attention routing with the agreement matrices materialised, `(batch, parents, children, children)`.
+
+    Args:
+        votes: `u_hat`, `(batch, parents, children, parent_dim)`.
+        priors: `B`, `(parents, children)`.
+
+    Returns:
+        Parent poses `(batch, parents, parent_dim)`, equal to `self_attention_routing(votes, priors)[0]`.
+    """
+    agreement = ops.matmul(votes, ops.swapaxes(votes, -1, -2)) / math.sqrt(votes.shape[-1])  # (b, J, I, I)
+    couplings = ops.softmax(ops.sum(agreement, axis=-1), axis=1) + priors  # (b, J, I)
+    return exponential_squash(ops.sum(ops.expand_dims(couplings, -1) * votes, axis=2))
 
 
 def plain_em_routing(votes, activations, beta_u, beta_a, iterations: int = 3,

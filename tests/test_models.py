@@ -1,8 +1,12 @@
+import json
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from capsrobust.errors import ConfigError
 from capsrobust.models import POSES, RECONSTRUCTION, SCORES, create_model, get_model_spec, list_models, model_config
+from capsrobust.ops import exponential_squash
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -31,6 +35,60 @@ def test_every_registered_model_builds_and_exposes_uniform_outputs(name):
 ])
 def test_paper_parameter_counts(name, overrides, expected):
     assert create_model(name, **overrides).count_params() == expected
+
+
+def _trainable(model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name, overrides, expected", [
+    ("efficient-capsnet", {"reconstruction": False}, 161_824),  # paper: 161,824, without the decoder
+    ("efficient-capsnet", {}, 161_824 + 1_411_344),            # the 512-1024-784 decoder on 10 x 16 poses
+    ("cnn-matched", {}, 163_434),
+    ("cnn-matched-recon", {}, 161_994 + 1_411_344),
+])
+def test_trainable_parameter_counts(name, overrides, expected):
+    """Batch norm's moving statistics are not trained and not counted: 576 more weights in each of these models."""
+    model = create_model(name, **overrides)
+    assert _trainable(model) == expected
+    assert model.count_params() == expected + 576
+
+
+def test_efficient_capsnet_votes_and_vote_scores():
+    model = create_model("efficient-capsnet")
+    images = np.random.default_rng(2).uniform(size=(2, 28, 28, 1)).astype("float32")
+    assert tuple(model.primary_capsules(images).shape) == (2, 16, 8)
+    votes = np.asarray(model.votes(images))
+    assert votes.shape == (2, 16, 10, 16)
+    expected = np.sqrt(np.sum(np.asarray(exponential_squash(votes.mean(axis=1))) ** 2, axis=-1) + 1e-7)
+    np.testing.assert_allclose(np.asarray(model.vote_scores(images)), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["efficient-capsnet", "cnn-matched"])
+def test_training_loss_and_gradients_are_finite(name):
+    model = create_model(name)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(size=(4, 28, 28, 1)).astype("float32")
+    labels = np.eye(10, dtype="float32")[rng.integers(0, 10, size=4)]
+    with tf.GradientTape() as tape:
+        outputs = model({"image": images, "label": labels}, training=True)
+        loss = tf.reduce_mean(model.loss_per_example(images, labels, outputs))
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert np.isfinite(loss.numpy()) and loss.numpy() > 0
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in gradients)
+
+
+def test_efficient_capsnet_rebuilds_from_its_json_config_and_weights(tmp_path):
+    name = "efficient-capsnet"
+    model = create_model(name)
+    model.norms[0].moving_mean.assign(np.full(32, 0.25, "float32"))  # a non-default weight that is not trained
+    model.save_weights(tmp_path / "model.weights.h5")
+    config = json.loads(json.dumps(model_config(name)))
+    rebuilt = create_model(name, **config)
+    rebuilt.load_weights(tmp_path / "model.weights.h5")
+    images = np.random.default_rng(4).uniform(size=(2, 28, 28, 1)).astype("float32")
+    for key, value in model(images).items():
+        np.testing.assert_allclose(np.asarray(rebuilt(images)[key]), np.asarray(value), rtol=1e-6)
 
 
 def test_small_cnn_matches_small_capsnet_size():
@@ -65,5 +123,5 @@ def test_config_resolution_and_errors():
 
 
 def test_list_models_pattern():
-    assert list_models("cnn-*") == ["cnn-baseline", "cnn-recon", "cnn-small"]
-    assert set(list_models(family="capsule")) >= {"capsnet", "capsnet-small"}
+    assert list_models("cnn-*") == ["cnn-baseline", "cnn-matched", "cnn-matched-recon", "cnn-recon", "cnn-small"]
+    assert set(list_models(family="capsule")) >= {"capsnet", "capsnet-small", "efficient-capsnet"}

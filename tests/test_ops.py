@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from capsrobust.ops import safe_norm, squash
+from capsrobust.ops import exponential_squash, safe_norm, squash
 
 
 def test_squash_length_follows_eq1():
@@ -39,3 +39,21 @@ def test_squash_axis(axis):
 def test_safe_norm_matches_norm_away_from_zero():
     x = np.random.default_rng(1).normal(size=(4, 6)).astype("float32")
     np.testing.assert_allclose(ops.convert_to_numpy(safe_norm(x)), np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_exponential_squash_length_is_one_minus_exp_of_minus_the_norm():
+    s = np.array([[3.0, 4.0], [0.3, 0.4], [0.003, 0.004], [30.0, 40.0]], dtype="float32")  # lengths 5, .5, .005, 50
+    v = ops.convert_to_numpy(exponential_squash(s))
+    lengths = np.linalg.norm(v, axis=-1)
+    np.testing.assert_allclose(lengths, 1 - np.exp(-np.array([5, 0.5, 0.005, 50])), rtol=1e-5)
+    np.testing.assert_allclose(v / lengths[:, None], s / np.linalg.norm(s, axis=-1, keepdims=True), rtol=1e-5)
+    assert lengths[2] == pytest.approx(0.005, rel=3e-3)  # nearly the identity near zero (squash: 2.5e-5)
+
+
+def test_exponential_squash_of_zero_vector_has_finite_value_and_gradient():
+    s = tf.Variable(np.zeros((2, 4, 8), dtype="float32"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(exponential_squash(s)) + tf.reduce_sum(safe_norm(exponential_squash(s)))
+    gradient = tape.gradient(loss, s).numpy()
+    assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
+    assert np.all(ops.convert_to_numpy(exponential_squash(s)) == 0)

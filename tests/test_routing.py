@@ -3,8 +3,9 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from capsrobust.layers import RoutingCapsules
-from capsrobust.routing import dynamic_routing
+from capsrobust.layers import RoutingCapsules, SelfAttentionCapsules
+from capsrobust.routing import dynamic_routing, self_attention_routing
+from capsrobust.routing_reference import matrix_self_attention_routing
 
 
 def _votes(seed=0, batch=2, children=12, parents=4, dim=6):
@@ -78,3 +79,56 @@ def test_stop_gradient_changes_gradients_not_values():
 def test_zero_iterations_rejected():
     with pytest.raises(ValueError, match="iterations=0"):
         dynamic_routing(_votes(), 0)
+
+
+def _numpy_self_attention_routing(votes, priors):
+    """Mazzia et al. (2021) written out per parent, votes `(batch, parents, children, dim)`, in float64."""
+    batch, parents, _, dim = votes.shape
+    logits = np.zeros(votes.shape[:3])
+    for b in range(batch):
+        for j in range(parents):
+            agreement = votes[b, j] @ votes[b, j].T / np.sqrt(dim)  # (children, children)
+            logits[b, j] = agreement.sum(axis=1)
+    couplings = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True) + priors  # softmax over parents
+    s = np.einsum("bji,bjid->bjd", couplings, votes)
+    norm = np.linalg.norm(s, axis=-1, keepdims=True)
+    return (1 - np.exp(-norm)) * s / norm, couplings
+
+
+def test_self_attention_routing_matches_a_numpy_reference():
+    rng = np.random.default_rng(7)
+    votes = rng.normal(scale=0.4, size=(2, 4, 12, 6))  # (batch, parents, children, dim)
+    priors = rng.normal(scale=0.1, size=(4, 12))
+    expected_poses, expected_couplings = _numpy_self_attention_routing(votes, priors)
+    poses, couplings = self_attention_routing(tf.constant(votes), tf.constant(priors))
+    np.testing.assert_allclose(poses.numpy(), expected_poses, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(couplings.numpy(), expected_couplings.transpose(0, 2, 1), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose((couplings.numpy() - priors.T).sum(-1), 1.0, rtol=1e-9)  # softmax over parents
+
+
+def test_self_attention_routing_matches_the_matrix_reference_with_gradients():
+    rng = np.random.default_rng(8)
+    inputs = [tf.constant(rng.normal(scale=0.4, size=(3, 10, 16, 16))), tf.constant(rng.normal(size=(10, 16)))]
+    mix = tf.constant(rng.normal(size=(10, 16)))
+    results = []
+    for routing in (lambda v, b: self_attention_routing(v, b)[0], matrix_self_attention_routing):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            poses = routing(*inputs)
+            objective = tf.reduce_sum(poses * mix)
+        results.append([poses.numpy(), *(g.numpy() for g in tape.gradient(objective, inputs))])
+    for fast, reference in zip(*results):
+        np.testing.assert_allclose(fast, reference, rtol=1e-7, atol=1e-10)
+
+
+def test_self_attention_layer_shapes_and_gradients():
+    layer = SelfAttentionCapsules(4, 6)
+    inputs = tf.constant(np.random.default_rng(1).normal(size=(2, 12, 5)).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        poses = layer(inputs)
+        loss = tf.reduce_sum(poses ** 2)
+    assert tuple(poses.shape) == (2, 4, 6) and tuple(layer.votes(inputs).shape) == (2, 12, 4, 6)
+    assert tuple(layer.kernel.shape) == (12, 4, 6, 5) and tuple(layer.priors.shape) == (4, 12)
+    for grad in tape.gradient(loss, [layer.kernel, layer.priors, inputs]):
+        assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy() != 0)
