@@ -19,12 +19,12 @@ result is checked on the real model and against the eps-ball before it counts.
 from typing import Callable
 
 import numpy as np
-from art.attacks import EvasionAttack
 from art.attacks.evasion import SquareAttack
 from art.attacks.evasion.auto_attack import run_attack
 
 from attacks.apgd import apgd
-from attacks.factories import AttackParams, params_record, validate_inputs
+from attacks.base import Attack, AttackParams, validate_inputs
+from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
 from capsrobust.art_bridge import input_gradient, with_loss
 from capsrobust.errors import ConfigError
@@ -39,7 +39,7 @@ SQUARE_P_INIT = 0.8  # Andriushchenko et al. (2020) and the reference AutoAttack
 Member = tuple[str, str, Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]]
 
 
-class AutoAttackEnsemble(EvasionAttack):
+class AutoAttackEnsemble(Attack):
     """AutoAttack's ensemble: each member runs on the images all earlier members failed on.
 
     Attributes:
@@ -48,31 +48,24 @@ class AutoAttackEnsemble(EvasionAttack):
         last_run: after `generate`, per member whether it ran and how many images it fooled, and how many survived.
     """
 
-    attack_params = EvasionAttack.attack_params
-    _estimator_requirements = ()
+    loss_description = "members"
 
     def __init__(self, classifier, params: AttackParams, members: list[Member]):
-        super().__init__(estimator=classifier)
-        self.params = params
+        super().__init__(classifier, params)
         self.members = members
-        self.targeted = False
-        self.last_run: dict = {}
         self._fooled = misclassified_by(classifier, targeted=False)
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """Adversarial images `(num_images, h, w, c)`; `y` true labels (integers or one-hot; None: predictions)."""
         images = validate_inputs(x)
-        num_classes = self.estimator.nb_classes
-        labels = self.estimator.predict(images).argmax(axis=1) if y is None else np.asarray(y)
-        one_hot = labels.astype(np.float32) if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
+        one_hot = self.one_hot_labels(images, y)
         adversarial = images.copy()
         robust = ~self._fooled(images, one_hot)
         members = {}
         for index, (name, _, run) in enumerate(self.members):
             rows = np.flatnonzero(robust)
             if len(rows):
-                rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
-                candidate = run(images[rows], one_hot[rows], rng)
+                candidate = run(images[rows], one_hot[rows], self.rng(index))
                 # Counted only if it fools the real model inside the eps-ball and [0, 1] (the reference's check).
                 inside = _within(candidate, images[rows], self.params)
                 won = self._fooled(candidate, one_hot[rows]) & inside
@@ -85,9 +78,7 @@ class AutoAttackEnsemble(EvasionAttack):
         return adversarial
 
     def record(self) -> dict:
-        return {**params_record(self.params), "loss": "members", "art_class": type(self).__name__,
-                "members": [f"{name} ({budget})" for name, budget, _ in self.members],
-                **({"last_run": self.last_run} if self.last_run else {})}
+        return {**super().record(), "members": [f"{name} ({budget})" for name, budget, _ in self.members]}
 
 
 def _within(candidate: np.ndarray, images: np.ndarray, params: AttackParams, slack: float = 1e-5) -> np.ndarray:
@@ -158,8 +149,6 @@ def targeted_difference_of_logits_ratio_of(model):
 
 
 def _fab_t(classifier, params: AttackParams) -> Member:
-    from attacks.fab import fab_targeted
-
     def class_gradient(images, classes):
         return classifier.class_gradient(images, label=classes)[:, 0]
 

@@ -20,11 +20,9 @@ objectives with the same loop. As in CleverHans v4 the loop is a plain function 
 from typing import Callable
 
 import numpy as np
-from art.attacks import EvasionAttack
 
-from attacks.factories import AttackParams, params_record, validate_inputs
+from attacks.base import Attack, AttackParams, validate_inputs
 from capsrobust.art_bridge import AUTO_LOSSES, with_loss
-from capsrobust.errors import ConfigError
 
 Gradient = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Success = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -106,7 +104,7 @@ def loss_chain(loss_name: str) -> tuple[str, ...]:
     return AUTO_LOSSES if loss_name == "auto" else (loss_name,)
 
 
-class ObjectiveAttack(EvasionAttack):
+class ObjectiveAttack(Attack):
     """An ART `EvasionAttack` running `projected_gradient_ascent` over a chain of losses and random restarts.
 
     Args:
@@ -124,19 +122,14 @@ class ObjectiveAttack(EvasionAttack):
             "survived": int}`.
     """
 
-    attack_params = EvasionAttack.attack_params
-    _estimator_requirements = ()
-
     def __init__(self, classifier, params: AttackParams, gradient_for: Callable[[str], Gradient],
                  success: Success | None = None, stop_early: bool = True):
-        super().__init__(estimator=classifier)
-        self.params = params
-        self.targeted = params.targeted
+        super().__init__(classifier, params)
         self.losses = loss_chain(classifier.loss_name)
+        self.loss_description = "+".join(self.losses)
         self._gradient_for = gradient_for
         self._success = success or misclassified_by(classifier, params.targeted)
         self._stop_early = stop_early
-        self.last_run: dict = {}
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """Adversarial images `(num_images, height, width, channels)` in the eps-ball around `x` and in [0, 1].
@@ -147,7 +140,7 @@ class ObjectiveAttack(EvasionAttack):
                 integers `(num_images,)` or one-hot `(num_images, num_classes)`.
         """
         images = validate_inputs(x)
-        one_hot = self._one_hot(images, y)
+        one_hot = self.one_hot_labels(images, y)
         p = self.params
         adversarial = images.copy()
         left = ~self._success(images, one_hot) if len(images) else np.zeros(0, dtype=bool)
@@ -159,8 +152,7 @@ class ObjectiveAttack(EvasionAttack):
                 rows = np.flatnonzero(left)
                 if not len(rows):
                     break
-                # One generator per (seed, loss, restart): a run's start does not depend on what earlier runs left.
-                rng = np.random.default_rng(None if p.seed is None else [p.seed, self.losses.index(loss), restart])
+                rng = self.rng(self.losses.index(loss), restart)
                 start = random_start(images[rows], p.eps, p.norm, rng) if p.random_start else None
                 moved = projected_gradient_ascent(
                     gradient, images[rows], one_hot[rows], eps=p.eps, norm=p.norm, step_size=p.step_size,
@@ -174,20 +166,6 @@ class ObjectiveAttack(EvasionAttack):
                 restarts[restart] += int(won.sum())
         self.last_run = {"members": members, "restarts": restarts, "survived": int(left.sum())}
         return adversarial
-
-    def _one_hot(self, images: np.ndarray, y) -> np.ndarray:
-        num_classes = self.estimator.nb_classes
-        if y is None:
-            if self.targeted:
-                raise ConfigError("a targeted attack needs target labels. Received: y=None")
-            y = self.estimator.predict(images).argmax(axis=1)
-        labels = np.asarray(y)
-        return labels.astype(np.float32) if labels.ndim == 2 else np.eye(num_classes, dtype=np.float32)[labels]
-
-    def record(self) -> dict:
-        """The attack's parameters for a report, with the losses it chained and the class that ran."""
-        return {**params_record(self.params), "loss": "+".join(self.losses), "art_class": type(self).__name__,
-                **({"last_run": self.last_run} if self.last_run else {})}
 
 
 def misclassified_by(classifier, targeted: bool) -> Success:

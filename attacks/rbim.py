@@ -3,16 +3,16 @@
 The DARCCC detector flags an input whose reconstruction from the predicted class's capsule is far from it. R-BIM is
 BIM on an objective that also keeps that distance low, so its successes evade the detector:
 
-    maximise  loss(scores(x'), y) - recon_weight * ||x' - reconstruction(x')||_2   over ||x' - x||_inf <= eps
+    maximise  loss(scores(x'), y) - detector_penalty * ||x' - reconstruction(x')||_2   over ||x' - x||_inf <= eps
 
 with the reconstruction masked by the predicted class, exactly as the detector computes it (targeted: minimise the
 target's loss instead). Steps and iterations are Kurakin et al.'s BIM (1/255, `ceil(min(255 eps + 4, 1.25 * 255
-eps))`), no random start; with `recon_weight = 0` it is BIM.
+eps))`), no random start; with `detector_penalty = 0` it is BIM.
 
 The weight: neither paper gives a value for MNIST (Qin et al. tune it). Its scale matters only against the loss
 gradient, since each step takes the sign. Our default, 0.1, was measured on the stored full-MNIST capsnet (1 epoch,
 98.66% test; margin loss; eps 0.1; 20 test images; 2-core CPU): BIM fooled 40% of them, 35% undetected; R-BIM with
-weight 0.1 fooled 45%, all undetected; with weight 1.0 only 20%. It is recorded in every report (`recon_weight`);
+weight 0.1 fooled 45%, all undetected; with weight 1.0 only 20%. It is recorded in every report (`detector_penalty`);
 set it with `--recon-weight`. R-BIM trades success for stealth, so compare it with BIM by the undetected success
 rate.
 
@@ -24,11 +24,10 @@ iterate that is both misclassified and below the threshold, the attack's actual 
 import numpy as np
 from keras import ops
 
-from attacks.factories import AttackParams
+from attacks.base import AttackParams
 from attacks.iterative import ObjectiveAttack, Success, misclassified_by
 from capsrobust.art_bridge import attack_loss, input_gradient
 from capsrobust.detection import reconstruction_distances
-from capsrobust.errors import ConfigError
 from capsrobust.models.base import RECONSTRUCTION, SCORES
 from capsrobust.ops import safe_norm
 
@@ -41,13 +40,13 @@ def reconstruction_distance(model, images, outputs=None):
     return safe_norm(difference, axis=-1)
 
 
-def rbim_objective(model, loss, recon_weight: float, targeted: bool = False):
+def rbim_objective(model, loss, detector_penalty: float, targeted: bool = False):
     """R-BIM's per-example objective `(images, one_hot_labels) -> (batch_size,)`, to be raised."""
     def objective(images, labels):
         outputs = model(images, training=False)
         value = loss(labels, outputs[SCORES])
         value = -value if targeted else value
-        return value - recon_weight * reconstruction_distance(model, images, outputs)
+        return value - detector_penalty * reconstruction_distance(model, images, outputs)
     return objective
 
 
@@ -76,18 +75,14 @@ class ReconstructionAwareBIM(ObjectiveAttack):
 
     Args:
         classifier: an ART bridge classifier of a model with a decoder; its attack loss is the classification term.
-        params: `AttackParams` with `options["recon_weight"]`.
+        params: `AttackParams` with `options["detector_penalty"]`.
 
-    Raises:
-        ConfigError: the model has no decoder.
+    The registry checks that the model has a decoder (`requires`) before it builds one.
     """
 
     def __init__(self, classifier, params: AttackParams):
         model = classifier.source_model
-        if not model.has_decoder:
-            raise ConfigError(f"R-BIM needs a model with a reconstruction decoder; {model.name} has none. "
-                              f"Received: model={model.name!r}")
-        weight = float(params.options["recon_weight"])
+        weight = float(params.options["detector_penalty"])
 
         def gradient_for(loss: str):
             objective = rbim_objective(model, attack_loss(model, loss), weight, params.targeted)

@@ -11,39 +11,29 @@ target's white-box accuracy under the same base attack beside the transfer accur
 """
 
 import numpy as np
-from art.attacks import EvasionAttack
 
-from attacks.factories import AttackParams, make_attack, params_record
+from attacks.base import Attack, AttackParams
 
 
-class TransferAttack(EvasionAttack):
-    """Crafts with `options["base"]` on the source classifier; an ART `EvasionAttack` whose estimator is the source.
+class TransferAttack(Attack):
+    """Crafts with a white-box attack on the source classifier; an ART `EvasionAttack` whose estimator is the source.
 
     Args:
         source_classifier: the source model's ART classifier (`capsrobust.art_bridge.to_art_classifier`).
-        params: eps, steps and seed for the base attack; `options["base"]` its method, `options["source"]` the
+        params: the transfer attack's parameters; `options["base"]` names the base method, `options["source"]` the
             source model's name or store id (for the record).
-
-    Attributes:
-        base: the configured white-box attack on the source.
+        base: the white-box attack configured on the source with the same eps, steps and seed (the registry
+            builds it).
     """
 
-    attack_params = EvasionAttack.attack_params
-    _estimator_requirements = ()
-
-    def __init__(self, source_classifier, params: AttackParams):
-        super().__init__(estimator=source_classifier)
-        self.params = params
-        self.targeted = params.targeted
-        self.base = make_attack(params.options["base"], source_classifier, params.eps, step_size=params.step_size,
-                                steps=params.steps, norm=params.norm, targeted=params.targeted,
-                                random_start=params.random_start, batch_size=params.batch_size, seed=params.seed,
-                                restarts=params.restarts)
+    def __init__(self, source_classifier, params: AttackParams, base: Attack):
+        super().__init__(source_classifier, params)
+        self.base = base
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        """Adversarial images `(num_images, h, w, c)` for the target, crafted on the source (see `make_attack`)."""
+        """Adversarial images `(num_images, h, w, c)` for the target, crafted on the source (see `create_attack`)."""
         return self.base.generate(x, y, **kwargs)
 
     def record(self) -> dict:
-        return {**params_record(self.params), "loss": getattr(self.estimator, "loss_name", None),
-                "art_class": type(self).__name__, "base_art_class": self.base.record()["art_class"]}
+        base = self.base.record()
+        return {**super().record(), "loss": base["loss"], "base_art_class": base["art_class"]}

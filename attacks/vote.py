@@ -13,7 +13,7 @@ here it chains cross-entropy and DLR by default (`attacks.iterative`).
 
 The detection-aware variant (`vote-da`; Gu et al., section 5, after Qin et al. 2020) also keeps the reconstruction
 error low, so the DARCCC detector does not flag the result: it climbs
-`loss(vote_scores(x'), y) - recon_weight * ||x' - reconstruction(x')||_2`, the reconstruction being the real model's
+`loss(vote_scores(x'), y) - detector_penalty * ||x' - reconstruction(x')||_2`, the reconstruction being the real model's
 from the predicted class, as the detector computes it. Given the detector's threshold it keeps each image's first
 iterate that is misclassified and not flagged; without one it runs every step (a later step can still lower the
 distance).
@@ -21,52 +21,45 @@ distance).
 
 import numpy as np
 
-from attacks.factories import AttackParams
+from attacks.base import AttackParams
 from attacks.iterative import ObjectiveAttack
 from attacks.rbim import detection_aware, reconstruction_distance
 from capsrobust.art_bridge import attack_loss, input_gradient
-from capsrobust.errors import ConfigError
 
 
-def vote_objective(model, loss, recon_weight: float = 0.0, targeted: bool = False):
+def vote_objective(model, loss, detector_penalty: float = 0.0, targeted: bool = False):
     """The per-example objective of the vote attack, `(images, one_hot_labels) -> (batch_size,)`, to be raised.
 
     Args:
         model: a capsule model with `supports_votes` (CapsNet, EM capsules).
         loss: `(one_hot_labels, scores) -> (batch_size,)`, e.g. the model's margin loss.
-        recon_weight: weight of the reconstruction distance subtracted (0: the plain vote attack).
+        detector_penalty: weight of the reconstruction distance subtracted (0: the plain vote attack).
         targeted: lower the loss of the target labels instead of raising the true labels' loss.
     """
     def objective(images, labels):
         value = loss(labels, model.vote_scores(images))
         value = -value if targeted else value
-        if recon_weight:
-            value = value - recon_weight * reconstruction_distance(model, images)
+        if detector_penalty:
+            value = value - detector_penalty * reconstruction_distance(model, images)
         return value
     return objective
 
 
 class VoteAttack(ObjectiveAttack):
-    """The vote attack (and, with `recon_weight > 0`, its detection-aware variant) as an ART `EvasionAttack`.
+    """The vote attack (and, with `detector_penalty > 0`, its detection-aware variant) as an ART `EvasionAttack`.
 
     Args:
         classifier: an ART bridge classifier of a capsule model (`capsrobust.art_bridge.to_art_classifier`); its attack
             loss (`loss_name`) is the loss (or chain) the votes are scored with.
-        params: `AttackParams` with `options["recon_weight"]`.
+        params: `AttackParams` with `options["detector_penalty"]`.
 
-    Raises:
-        ConfigError: the model has no capsule votes (a CNN), or `recon_weight > 0` without a decoder.
+    The registry checks that the model has capsule votes (and, for `vote-da`, a decoder) before it builds one.
     """
 
     def __init__(self, classifier, params: AttackParams):
         model = classifier.source_model
-        if not getattr(model, "supports_votes", False):
-            raise ConfigError(f"the vote attack needs a capsule model (capsnet, em-capsnet); {model.name} has no "
-                              f"capsule votes. Received: model={model.name!r}")
-        weight = float(params.options.get("recon_weight", 0.0))
-        if weight and not model.has_decoder:
-            raise ConfigError(f"the detection-aware vote attack needs a decoder; {model.name} has none. "
-                              f"Received: recon_weight={weight!r}")
+        weight = float(params.options.get("detector_penalty", 0.0))
+
         def gradient_for(loss: str):
             objective = vote_objective(model, attack_loss(model, loss), weight, params.targeted)
             return input_gradient(objective, model.image_shape, model.num_classes)

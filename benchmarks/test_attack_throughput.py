@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from art.estimators.classification import TensorFlowV2Classifier
 
-from attacks import make_attack
+from attacks import create_attack
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.models import create_model
 from capsrobust.models.base import SCORES
@@ -41,7 +41,7 @@ def test_attack_throughput(benchmark, record, benchmark_dataset, name, attack, v
     labels = np.eye(model.num_classes, dtype="float32")[benchmark_dataset.y_test[:IMAGES]]
     classifier = to_art_classifier(model, batch_size=IMAGES) if variant == "capsrobust" else stock_classifier(model)
     method = "fgsm" if attack == "fgsm" else "bim"
-    adversary = make_attack(method, classifier, eps=0.1, batch_size=IMAGES, **ATTACKS[attack])
+    adversary = create_attack(method, classifier, eps=0.1, batch_size=IMAGES, **ATTACKS[attack])
     adversary.generate(images, labels)  # compiles
 
     adversarial = benchmark.pedantic(adversary.generate, args=(images, labels), rounds=3, iterations=1)

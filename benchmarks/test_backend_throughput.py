@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from attacks import make_attack
+from attacks import create_attack
 from benchmarks.measure import training_steps
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.models import create_model
@@ -45,8 +45,8 @@ def test_attack_throughput(benchmark, record, benchmark_dataset, name, attack, b
     count = FGSM_IMAGES if attack == "fgsm" else PGD_IMAGES
     images, labels = benchmark_dataset.x_test[:count], benchmark_dataset.y_test[:count]
     classifier = to_art_classifier(model, batch_size=BATCH)
-    adversary = make_attack(attack, classifier, eps=0.3, batch_size=BATCH, seed=0)
-    make_attack("fgsm", classifier, eps=0.3, batch_size=BATCH).generate(images, labels)  # compiles these shapes
+    adversary = create_attack(attack, classifier, eps=0.3, batch_size=BATCH, seed=0)
+    create_attack("fgsm", classifier, eps=0.3, batch_size=BATCH).generate(images, labels)  # compiles these shapes
 
     adversarial = benchmark.pedantic(adversary.generate, args=(images, labels), rounds=1 if attack == "pgd100" else 3,
                                      iterations=1)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from capsrobust.errors import ConfigError
+from capsrobust.errors import ConfigError, StoreError
 from capsrobust.models.base import RECONSTRUCTION
 from capsrobust.models.predict import predict_batched
 
@@ -30,8 +30,8 @@ def reconstruction_distances(model, images: np.ndarray, batch_size: int = 256) -
         ConfigError: the model has no decoder.
     """
     if not model.has_decoder:
-        raise ConfigError(f"{model.name} has no reconstruction decoder, so reconstruction-error detection does not "
-                          f"apply; use a capsule model or cnn-recon")
+        raise ConfigError(f"{model.registry_name} has no reconstruction decoder, so reconstruction-error detection "
+                          f"does not apply; use a capsule model or cnn-recon")
     reconstructions = predict_batched(model, images, batch_size)[RECONSTRUCTION]
     return np.sqrt(np.sum(np.square(images - reconstructions).reshape(len(images), -1), axis=1))
 
@@ -56,6 +56,24 @@ class ReconstructionDetector:
         if len(clean_distances) == 0:
             raise ConfigError("cannot fit the detector threshold on zero clean images")
         return cls(float(np.percentile(clean_distances, percentile)), percentile, len(clean_distances))
+
+    @classmethod
+    def for_model(cls, model, stored: dict | None, validation: np.ndarray, batch_size: int = 256,
+                  where: str = "the card") -> "ReconstructionDetector | None":
+        """A trained model's detector: the one its card stores (`stored`, from `to_dict`), else one fitted now on
+        clean `validation` images `(n, h, w, c)`; None for a model without a decoder.
+
+        Raises:
+            StoreError: `stored` has fields a detector does not (`where` names the card in the message).
+        """
+        if not model.has_decoder:
+            return None
+        if not stored:
+            return cls.fit(reconstruction_distances(model, validation, batch_size))
+        try:
+            return cls(**stored)
+        except TypeError:
+            raise StoreError(f"{where} has an unknown detector field ({', '.join(sorted(stored))})") from None
 
     def flags(self, distances: np.ndarray) -> np.ndarray:
         """`(num_images,)` booleans: True where the input is flagged as adversarial."""

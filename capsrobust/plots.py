@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 
 from capsrobust.detection import roc_curve  # noqa: E402
 from capsrobust.io import atomic_path  # noqa: E402
-from capsrobust.report import _short  # noqa: E402
+from capsrobust.store import model_name_of  # noqa: E402
 from capsrobust.sweep import SweepResult  # noqa: E402
 
 
@@ -52,15 +52,17 @@ def example_grid(example: dict, title: str, path: Path) -> Path:
 
 
 def accuracy_vs_eps(result: SweepResult, path: Path) -> Path:
-    """Adversarial accuracy against eps, one line per (model, attack); capsules solid, CNNs dashed."""
+    """Adversarial accuracy against eps, one line per (model, attack), with 95% Wilson intervals as error bars;
+    capsules solid, CNNs dashed."""
     figure, ax = plt.subplots(figsize=(6, 4))
     series: dict = {}
     for c in result.cells:
-        series.setdefault((c["model_id"], c["family"], c["attack"]), []).append((c["eps"], c["adversarial_accuracy"]))
+        series.setdefault((c.model_id, c.family, c.attack), []).append((c.eps, c.adversarial_accuracy,
+                                                                        *c.adversarial_accuracy_ci))
     for (model_id, family, attack), points in series.items():
-        points.sort()
-        ax.plot(*zip(*points), marker="o", linestyle="-" if family == "capsule" else "--",
-                label=f"{_short(model_id)} {attack}")
+        eps, accuracy, low, high = np.array(sorted(points)).T
+        ax.errorbar(eps, accuracy, yerr=[accuracy - low, high - accuracy], marker="o", capsize=3,
+                    linestyle="-" if family == "capsule" else "--", label=f"{model_name_of(model_id)} {attack}")
     ax.set_xlabel("eps (L∞)" if result.config.norm == "inf" else f"eps (L{result.config.norm})")
     ax.set_ylabel("adversarial accuracy")
     ax.set_ylim(0, 1)
@@ -77,7 +79,7 @@ def roc_plot(result: SweepResult, path: Path) -> Path | None:
     for (model_id, attack, eps), (negatives, positives) in result.roc.items():
         if len(positives) and len(negatives):
             fpr, tpr = roc_curve(negatives, positives)
-            ax.plot(fpr, tpr, label=f"{_short(model_id)} {attack} eps={eps:g}")
+            ax.plot(fpr, tpr, label=f"{model_name_of(model_id)} {attack} eps={eps:g}")
     ax.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
     ax.axvline(0.05, color="gray", linestyle=":", linewidth=0.8)
     ax.set_xlabel("false-positive rate (clean test)")
@@ -93,8 +95,8 @@ def write_figures(result: SweepResult, out_dir: Path) -> list[Path]:
     if roc is not None:
         paths.append(roc)
     for (model_id, attack, eps), example in result.examples.items():
-        name = re.sub(r"[^A-Za-z0-9_.,+-]", "_", f"grid-{_short(model_id)}-{attack}-eps{eps:g}") + ".png"
-        paths.append(example_grid(example, f"{_short(model_id)}: {attack} eps={eps:g}", out_dir / name))
+        name = re.sub(r"[^A-Za-z0-9_.,+-]", "_", f"grid-{model_name_of(model_id)}-{attack}-eps{eps:g}") + ".png"
+        paths.append(example_grid(example, f"{model_name_of(model_id)}: {attack} eps={eps:g}", out_dir / name))
     return paths
 
 

@@ -22,7 +22,8 @@ def pose_perturbations(model, images: np.ndarray, offsets=OFFSETS) -> tuple[np.n
         predicted class `(num_images,)` whose pose was decoded.
     """
     if not model.has_decoder:
-        raise ConfigError(f"{model.name} has no reconstruction decoder, so there is nothing to decode poses with")
+        raise ConfigError(f"{model.registry_name} has no reconstruction decoder, so there is nothing to decode poses "
+                          f"with")
     outputs = model(images, training=False)
     poses = ops.convert_to_numpy(outputs["poses"])  # (n, classes, dim)
     predictions = ops.convert_to_numpy(ops.argmax(outputs["scores"], axis=-1))

@@ -10,29 +10,17 @@ from pathlib import Path
 from rich.table import Table
 
 from capsrobust.io import atomic_path, write_json
-from capsrobust.sweep import SweepResult, config_dict
-
-CSV_FIELDS = ["model_id", "model", "family", "attack", "eps", "norm", "targeted", "loss", "attack_loss",
-              "attack_step_size", "attack_steps", "attack_random_start", "attack_restarts", "images", "attacked",
-              "clean_accuracy", "adversarial_accuracy", "adversarial_accuracy_ci_low",
-              "adversarial_accuracy_ci_high", "attack_success_rate", "linf_mean", "linf_max", "l2_mean",
-              "l2_max", "unperturbed_share", "detector_threshold", "detector_fpr", "detection_rate", "auroc",
-              "undetected_success_rate", "transfer_source", "whitebox_accuracy", "source_accuracy", "seconds"]
+from capsrobust.store import model_name_of
+from capsrobust.sweep import CSV_COLUMNS, SweepResult, config_dict
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
     """A directory name that says what ran, e.g. `attack-capsnet-mnist-bim-eps0.1-20261121-120000`."""
-    models = "+".join(sorted({_short(m) for m in model_ids}))
+    models = "+".join(sorted({model_name_of(m) for m in model_ids}))
     eps = ",".join(f"{e:g}" for e in config.eps_values)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{command}-{models}-{dataset}-{'+'.join(config.methods)}-eps{eps}-{stamp}"
     return re.sub(r"[^A-Za-z0-9_.,+-]", "_", name)[:200]
-
-
-def _short(model_id: str) -> str:
-    """The registry name part of a store id (`capsnet-small-mnist-2026...` -> `capsnet-small`)."""
-    match = re.match(r"(.+?)-(mnist|fashion-mnist|smallnorb)-\d{8}-\d{6}-[0-9a-f]+$", model_id)
-    return match.group(1) if match else model_id
 
 
 PARTIAL_FILE = "sweep.partial.json"
@@ -41,7 +29,8 @@ PARTIAL_FILE = "sweep.partial.json"
 def write_partial(result: SweepResult, out_dir: Path, metadata: dict) -> Path:
     """Writes the cells finished so far to `sweep.partial.json`, atomically; `write_results` removes it."""
     path = out_dir / PARTIAL_FILE
-    write_json(path, {"config": config_dict(result.config), **metadata, "complete": False, "cells": result.cells,
+    write_json(path, {"config": config_dict(result.config), **metadata, "complete": False,
+                      "cells": [c.to_dict() for c in result.cells],
                       "skipped": result.skipped})
     return path
 
@@ -51,21 +40,16 @@ def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
     and removes the partial results of the same sweep."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
-                                        "cells": result.cells, "worst_case": result.worst_case,
+                                        "cells": [c.to_dict() for c in result.cells], "worst_case": result.worst_case,
                                         "skipped": result.skipped, "checks": result.checks, "noise": result.noise,
                                         "verdicts": result.verdicts})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
-    writer.writerows({**c, **_ci_columns(c.get("adversarial_accuracy_ci"))} for c in result.cells)
+    writer.writerows(c.csv_row() for c in result.cells)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
     (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
-
-
-def _ci_columns(interval) -> dict:
-    low, high = interval or (None, None)
-    return {"adversarial_accuracy_ci_low": low, "adversarial_accuracy_ci_high": high}
 
 
 def _pct(value) -> str:
@@ -92,14 +76,13 @@ def results_table(result: SweepResult, title: str, detection: bool = True) -> Ta
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "attack") else "right")
     for c in result.cells:
-        row = [_short(c["model_id"]), c["attack"], f"{c['eps']:g}", _pct(c["clean_accuracy"]),
-               _pct(c["adversarial_accuracy"]), _ci(c.get("adversarial_accuracy_ci")),
-               _pct(c["attack_success_rate"]), _num(c["linf_mean"], ".3f"),
-               _num(c["l2_mean"], ".2f")]
+        row = [model_name_of(c.model_id), c.attack, f"{c.eps:g}", _pct(c.clean_accuracy),
+               _pct(c.adversarial_accuracy), _ci(c.adversarial_accuracy_ci), _pct(c.attack_success_rate),
+               _num(c.linf_mean, ".3f"), _num(c.l2_mean, ".2f")]
         if detection:
-            row += [_pct(c["detector_fpr"]), _pct(c["detection_rate"]),
-                    _num(c["auroc"], ".3f"), _pct(c["undetected_success_rate"])]
-        row.append(f"{c['seconds']:.1f}s")
+            row += [_pct(c.detector_fpr), _pct(c.detection_rate), _num(c.auroc, ".3f"),
+                    _pct(c.undetected_success_rate)]
+        row.append(f"{c.seconds:.1f}s")
         table.add_row(*row)
     return table
 
@@ -116,9 +99,10 @@ def checks_table(result: SweepResult) -> Table:
         failed = [c for c in checks if not c["passed"]]
         if not failed:
             detail = checks[0]["detail"] if len(checks) == 1 else f"all {len(checks)} comparisons"
-            table.add_row(name, _short(model_id), "[green]pass[/]", detail)
+            table.add_row(name, model_name_of(model_id), "[green]pass[/]", detail)
         for check in failed:
-            table.add_row(name, _short(model_id), "[bold red]FAIL[/]", f"[red]{check['detail']} — {check['hint']}[/]")
+            table.add_row(name, model_name_of(model_id), "[bold red]FAIL[/]",
+                          f"[red]{check['detail']} — {check['hint']}[/]")
     return table
 
 
@@ -133,7 +117,7 @@ def worst_case_table(result: SweepResult, detection: bool = True) -> Table:
     for column in columns:
         table.add_column(column, justify="left" if column in ("model", "strongest attack", "attacks") else "right")
     for row in result.worst_case:
-        cells = [_short(row["model_id"]), f"{row['eps']:g}", _pct(row["worst_case_accuracy"]),
+        cells = [model_name_of(row["model_id"]), f"{row['eps']:g}", _pct(row["worst_case_accuracy"]),
                  _ci(row.get("worst_case_accuracy_ci")), row["strongest_attack"], _pct(row["strongest_accuracy"])]
         if detection:
             cells.append(_pct(row["undetected_success_any"]))
@@ -146,7 +130,7 @@ def verdict_lines(result: SweepResult, significance: float = 0.05) -> list[str]:
     """One line per pair of models and eps: which is more robust in the worst case, on McNemar's exact test."""
     lines = []
     for v in result.verdicts:
-        pair = [(_short(v["first"]), v["first_accuracy"]), (_short(v["second"]), v["second_accuracy"])]
+        pair = [(model_name_of(v["first"]), v["first_accuracy"]), (model_name_of(v["second"]), v["second_accuracy"])]
         if v["p_value"] < significance and pair[1][1] > pair[0][1]:
             pair.reverse()  # the more robust model first, its figure first
         (first, a), (second, b) = pair
@@ -160,16 +144,15 @@ def verdict_lines(result: SweepResult, significance: float = 0.05) -> list[str]:
 
 def transfer_table(result: SweepResult) -> Table | None:
     """Transfer cells beside the target's white-box accuracy under the same base attack; None without any."""
-    rows = [c for c in result.cells if c.get("transfer_source")]
+    rows = [c for c in result.cells if c.transfer_source]
     if not rows:
         return None
     table = Table(title="black-box transfer vs white-box (accuracy of the target; source on its own images)")
     for column in ("target", "source", "base attack", "eps", "white-box acc", "transfer acc", "source acc"):
         table.add_column(column, justify="left" if column in ("target", "source", "base attack") else "right")
     for c in rows:
-        table.add_row(_short(c["model_id"]), _short(c["transfer_source"]), c["attack_options"]["base"],
-                      f"{c['eps']:g}", _pct(c["whitebox_accuracy"]), _pct(c["adversarial_accuracy"]),
-                      _pct(c["source_accuracy"]))
+        table.add_row(model_name_of(c.model_id), model_name_of(c.transfer_source), c.attack_options["base"],
+                      f"{c.eps:g}", _pct(c.whitebox_accuracy), _pct(c.adversarial_accuracy), _pct(c.source_accuracy))
     return table
 
 
@@ -178,28 +161,28 @@ def describe_attacks(result: SweepResult) -> str:
     lines = []
     seen = set()
     for c in result.cells:
-        key = (c["attack"], c["eps"])
+        key = (c.attack, c.eps)
         if key in seen:
             continue
         seen.add(key)
-        options = {k: v for k, v in (c.get("attack_options") or {}).items() if k != "source"}
+        options = {k: v for k, v in c.attack_options.items() if k != "source"}
         extra = "".join(f", {k} {v}" for k, v in options.items())
-        if c.get("attack_members"):
-            extra += f", members: {'; '.join(c['attack_members'])}"
-        lines.append(f"{c['attack']} eps={c['eps']:g}: norm L{c['norm']}, step {c.get('attack_step_size', 0):.4g}, "
-                     f"{c.get('attack_steps')} steps, random start {c.get('attack_random_start')}, "
-                     f"{'targeted' if c['targeted'] else 'untargeted'}, loss {c.get('attack_loss', c['loss'])}"
-                     f"{', restarts ' + str(c['attack_restarts']) if c.get('attack_restarts', 1) > 1 else ''}{extra}")
+        if c.attack_members:
+            extra += f", members: {'; '.join(c.attack_members)}"
+        lines.append(f"{c.attack} eps={c.eps:g}: norm L{c.norm}, step {c.attack_step_size:.4g}, "
+                     f"{c.attack_steps} steps, random start {c.attack_random_start}, "
+                     f"{'targeted' if c.targeted else 'untargeted'}, loss {c.attack_loss}"
+                     f"{', restarts ' + str(c.attack_restarts) if c.attack_restarts > 1 else ''}{extra}")
     for c in result.cells:
-        run = c.get("members_run")
+        run = c.members_run
         if run and len(run["members"]) > 1:  # which loss of a chain, or which AutoAttack member, fooled how many
             ran = ", ".join(f"{name} {'ran' if m['ran'] else 'did not run'} (fooled {m['fooled']})"
                             for name, m in run["members"].items())
             restarts = f"; fooled per restart {run['restarts']}" if len(run.get("restarts", [])) > 1 else ""
-            lines.append(f"{c['attack']} on {_short(c['model_id'])} eps={c['eps']:g}: {ran}{restarts}; "
-                         f"{run['survived']} of {c['attacked']} survived all")
+            lines.append(f"{c.attack} on {model_name_of(c.model_id)} eps={c.eps:g}: {ran}{restarts}; "
+                         f"{run['survived']} of {c.attacked} survived all")
     for skipped in result.skipped:
-        lines.append(f"skipped {skipped['attack']} on {_short(skipped['model_id'])}: {skipped['reason']}")
+        lines.append(f"skipped {skipped['attack']} on {model_name_of(skipped['model_id'])}: {skipped['reason']}")
     return "\n".join(lines)
 
 

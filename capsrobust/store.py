@@ -14,22 +14,17 @@ code.
 import datetime
 import hashlib
 import os
-import platform
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-import numpy as np
-
-import capsrobust
-from capsrobust.errors import ConfigError, StoreError
+from capsrobust.cards import card_problem, seal
+from capsrobust.errors import StoreError
 from capsrobust.io import read_json, write_json
-from capsrobust.models import create_model, model_config
+from capsrobust.models import create_model
 
-CARD_FORMAT = "capsrobust-model-card"
-CARD_VERSION = 1
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.weights.h5"
 RUN_FILE = "run.json"
@@ -47,18 +42,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def library_versions() -> dict:
-    versions = {"capsrobust": capsrobust.__version__, "python": platform.python_version(), "keras": keras.__version__,
-                "numpy": np.__version__}
-    backend = keras.backend.backend()
-    try:
-        module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
-        versions[module] = __import__(module).__version__
-    except (KeyError, ImportError):
-        pass
-    return versions
-
-
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -69,6 +52,16 @@ def _mtime(path: Path) -> float:
 def _new_id(model: str, dataset: str) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{model}-{dataset}-{stamp}-{secrets.token_hex(3)}"
+
+
+_ID = re.compile(r"(.+?)-(mnist|fashion-mnist|smallnorb)-\d{8}-\d{6}-[0-9a-f]+$")
+
+
+def model_name_of(model_id: str) -> str:
+    """The registry name part of a store id (`capsnet-small-mnist-20261201-120623-dbf94d` -> `capsnet-small`); any
+    other string unchanged."""
+    match = _ID.match(model_id)
+    return match.group(1) if match else model_id
 
 
 @dataclass(frozen=True)
@@ -105,44 +98,6 @@ def _field(card: dict, section: str, key: str):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# What a card must hold for the store to load its model: field -> type (None: optional field).
-_CARD_FIELDS = {"model": str, "config": dict, "dataset": dict, "weights": dict}
-_OPTIONAL_CARD_FIELDS = {"metrics": dict, "training": dict, "family": str, "created": str, "backend": str,
-                         "detector": (dict, type(None))}
-
-
-def card_problem(card: dict) -> str:
-    """Why a (current-version) card cannot describe a loadable model, in a few words; empty if it can.
-
-    Checks the types the store and the commands rely on, and that the registry knows the model and every key of its
-    configuration, so a tampered card is reported as broken instead of failing later with a traceback.
-    """
-    for name, kind in {**_CARD_FIELDS, **_OPTIONAL_CARD_FIELDS}.items():
-        if name not in card:
-            if name in _CARD_FIELDS:
-                return f"card.json has no {name!r}"
-            continue
-        if not isinstance(card[name], kind):
-            return f"card.json field {name!r} has the wrong type ({type(card[name]).__name__})"
-    if not isinstance(card["dataset"].get("name"), str):
-        return "card.json has no dataset name"
-    sha256 = card["weights"].get("sha256")
-    if not (isinstance(sha256, str) and len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
-        return "card.json has no valid weights sha256"
-    for key in ("val_accuracy", "test_accuracy"):
-        value = card.get("metrics", {}).get(key)
-        if value is not None and not _is_number(value):
-            return f"card.json metric {key!r} is not a number"
-    detector = card.get("detector")
-    if detector is not None and not _is_number(detector.get("threshold")):
-        return "card.json detector has no numeric threshold"
-    try:
-        model_config(card["model"], **card["config"])
-    except ConfigError as error:
-        return f"card.json: {error}"
-    return ""
 
 
 class ModelStore:
@@ -202,6 +157,8 @@ class ModelStore:
         entry_id = Path(run_dir).name
         for stale in self.models_dir.glob(f".staging-{entry_id}-*"):  # a publish of this run that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        if (self.models_dir / entry_id).is_dir():  # published, but the process died before run.json said so
+            return self._republish(run_dir, entry_id)
         staging = self.models_dir / f".staging-{entry_id}-{secrets.token_hex(3)}"
         try:
             staging.mkdir(parents=True)
@@ -209,16 +166,29 @@ class ModelStore:
             fresh = create_model(card["model"], **card["config"])
             fresh.set_weights(model.get_weights())
             fresh.save_weights(staging / WEIGHTS_FILE)
-            card = {"format": CARD_FORMAT, "version": CARD_VERSION, "id": entry_id, **card,
-                    "weights": {"file": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}}
+            card = seal(card, entry_id, WEIGHTS_FILE, sha256_of(staging / WEIGHTS_FILE))
             write_json(staging / CARD_FILE, card)
             os.rename(staging, self.models_dir / entry_id)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             raise StoreError(f"cannot write model {entry_id} into {self.models_dir}: {error.strerror}") from None
+        self._mark_published(run_dir, entry_id)
+        return Entry(entry_id, self.models_dir / entry_id, card)
+
+    def _republish(self, run_dir: Path, entry_id: str) -> Entry:
+        """Finishes a publish that stopped between the entry's rename and the run's record of it: the entry is kept
+        if it is whole, so publishing again (a `--resume`) is harmless."""
+        entry = self._read_entry(self.models_dir / entry_id, verify=True)
+        if entry.problem:
+            raise StoreError(f"cannot publish {entry_id}: the store already holds a broken entry of that name "
+                             f"({entry.problem}); remove {entry.path} and resume again")
+        self._mark_published(run_dir, entry_id)
+        return entry
+
+    @staticmethod
+    def _mark_published(run_dir: Path, entry_id: str) -> None:
         spec = read_json(Path(run_dir) / RUN_FILE)
         write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
-        return Entry(entry_id, self.models_dir / entry_id, card)
 
     def entries(self, verify: bool = False) -> list[Entry]:
         """Every entry, healthy or not (a broken one carries its `problem`), oldest first.
@@ -238,17 +208,9 @@ class ModelStore:
             return Entry(path.name, path, {}, "no card.json")
         except (OSError, ValueError) as error:
             return Entry(path.name, path, {}, f"unreadable card.json ({type(error).__name__})")
-        if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-            return Entry(path.name, path, {}, "card.json is not a capsrobust model card")
-        version = card.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            return Entry(path.name, path, {}, f"card.json has an invalid version {version!r}")
-        if version > CARD_VERSION:
-            return Entry(path.name, path, card, f"card version {version} is newer than this capsrobust "
-                                                f"supports ({CARD_VERSION}); upgrade capsrobust")
         problem = card_problem(card)
         if problem:
-            return Entry(path.name, path, card, problem)
+            return Entry(path.name, path, card if isinstance(card, dict) else {}, problem)
         if not (path / WEIGHTS_FILE).is_file():
             return Entry(path.name, path, card, f"missing {WEIGHTS_FILE}")
         if verify:

@@ -8,7 +8,7 @@ import pytest
 
 from art.attacks.evasion import ProjectedGradientDescent
 
-from attacks import attack_defaults, make_attack, validate_inputs
+from attacks import attack_defaults, create_attack, validate_inputs
 from attacks.iterative import projected_gradient_ascent
 from capsrobust.art_bridge import to_art_classifier, with_loss
 from capsrobust.errors import ConfigError
@@ -53,7 +53,7 @@ BASIC = ("fgsm", "bim", "pgd")  # the capsule-aware, AutoAttack and transfer att
 @pytest.fixture(scope="module")
 def at_eps_0_1(classifiers, clean):
     """Adversarial images from each basic method at L-inf eps = 0.1, per family."""
-    return {(family, method): make_attack(method, classifier, 0.1, seed=0).generate(*clean[family])
+    return {(family, method): create_attack(method, classifier, 0.1, seed=0).generate(*clean[family])
             for family, classifier in classifiers.items() for method in BASIC}
 
 
@@ -80,7 +80,7 @@ def test_iterative_attacks_are_at_least_as_strong_as_fgsm(classifiers, clean, at
 @pytest.mark.parametrize("method", BASIC)
 def test_l2_attacks_stay_in_the_l2_ball(classifiers, clean, method):
     images, labels = clean["cnn"]
-    adversarial = make_attack(method, classifiers["cnn"], 1.5, norm="2", seed=0).generate(images[:40], labels[:40])
+    adversarial = create_attack(method, classifiers["cnn"], 1.5, norm="2", seed=0).generate(images[:40], labels[:40])
     assert _distances(adversarial, images[:40], "2").max() <= 1.5 * (1 + 1e-5)
     assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0
 
@@ -88,7 +88,7 @@ def test_l2_attacks_stay_in_the_l2_ball(classifiers, clean, method):
 @pytest.mark.parametrize("family, method", [("capsule", "fgsm"), ("cnn", "pgd")])
 def test_accuracy_falls_as_eps_grows(classifiers, clean, family, method):
     images, labels = clean[family]
-    small, large = (_accuracy(classifiers[family], make_attack(method, classifiers[family], eps, seed=0)
+    small, large = (_accuracy(classifiers[family], create_attack(method, classifiers[family], eps, seed=0)
                               .generate(images, labels), labels) for eps in (0.05, 0.3))
     assert large < small, (small, large)
 
@@ -96,11 +96,11 @@ def test_accuracy_falls_as_eps_grows(classifiers, clean, family, method):
 def test_targeted_bim_reaches_the_target_more_often_than_chance(classifiers, clean):
     images, labels = clean["cnn"]
     targets = (labels + 1) % 10
-    adversarial = make_attack("bim", classifiers["cnn"], 0.2, targeted=True).generate(images, targets)
+    adversarial = create_attack("bim", classifiers["cnn"], 0.2, targeted=True).generate(images, targets)
     hit_rate = np.mean(classifiers["cnn"].predict(adversarial).argmax(axis=1) == targets)
     assert hit_rate > 0.3, hit_rate  # chance is 0.1
     with pytest.raises(ConfigError, match="Received: y=None"):
-        make_attack("bim", classifiers["cnn"], 0.2, targeted=True).generate(images)
+        create_attack("bim", classifiers["cnn"], 0.2, targeted=True).generate(images)
 
 
 def test_pgd_with_a_seed_is_deterministic_and_leaves_numpys_generator_alone(classifiers, clean):
@@ -108,8 +108,8 @@ def test_pgd_with_a_seed_is_deterministic_and_leaves_numpys_generator_alone(clas
     classifier = classifiers["cnn"]
     np.random.seed(123)
     state = np.random.get_state()
-    first, second = (make_attack("pgd", classifier, 0.3, steps=5, seed=7).generate(images, labels) for _ in range(2))
-    other = make_attack("pgd", classifier, 0.3, steps=5, seed=8).generate(images, labels)
+    first, second = (create_attack("pgd", classifier, 0.3, steps=5, seed=7).generate(images, labels) for _ in range(2))
+    other = create_attack("pgd", classifier, 0.3, steps=5, seed=8).generate(images, labels)
     np.testing.assert_array_equal(first, second)
     assert not np.array_equal(first, other)  # the seed drives the random start
     assert np.array_equal(np.random.get_state()[1], state[1])
@@ -127,15 +127,15 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
     assert attack_defaults("pgd", 2.0, norm="2") == {"step_size": 2.5 * 2.0 / 40, "steps": 40, "random_start": True,
                                                      "restarts": 1}
 
-    bim = make_attack("bim", classifiers["cnn"], 0.1).params
+    bim = create_attack("bim", classifiers["cnn"], 0.1).params
     assert (bim.eps, bim.step_size, bim.steps, bim.random_start, bim.restarts) == (0.1, 1 / 255, 30, False, 1)
-    record = make_attack("fgsm", classifiers["cnn"], 0.25, batch_size=32).record()
+    record = create_attack("fgsm", classifiers["cnn"], 0.25, batch_size=32).record()
     assert record == {"method": "fgsm", "eps": 0.25, "norm": "inf", "step_size": 0.25, "steps": 1,
                       "random_start": False, "targeted": False, "batch_size": 32, "seed": None, "restarts": 1,
                       "loss": "ce+dlr", "art_class": "ObjectiveAttack"}
     # Madry et al. evaluate with 100 steps and restarts.
     assert attack_defaults("pgd100", 0.3) == {"step_size": 0.01, "steps": 100, "random_start": True, "restarts": 5}
-    assert make_attack("pgd100", classifiers["cnn"], 0.3, restarts=2).params.restarts == 2
+    assert create_attack("pgd100", classifiers["cnn"], 0.3, restarts=2).params.restarts == 2
     assert attack_defaults("autoattack", 0.3) == {"step_size": 0.6, "steps": 100, "random_start": True,
                                                   "restarts": 1}
     assert attack_defaults("rbim", 0.1) == attack_defaults("bim", 0.1)
@@ -154,10 +154,10 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
     ({"method": "cw"}, "method='cw'"),
     ({"method": "fgsm", "steps": 10}, "steps=10"),
     ({"method": "bim", "random_start": True}, "random_start=True"),
-    ({"method": "rbim", "options": {"recon_weight": -1.0}}, "recon_weight=-1.0"),
+    ({"method": "rbim", "options": {"detector_penalty": -1.0}}, "detector_penalty=-1.0"),
     ({"method": "autoattack", "options": {"queries": 0}}, "queries=0"),
     ({"method": "transfer", "options": {"base": "transfer"}}, "base='transfer'"),
-    ({"method": "pgd", "options": {"recon_weight": 0.1}}, "options={'recon_weight': 0.1}"),
+    ({"method": "pgd", "options": {"detector_penalty": 0.1}}, "options={'detector_penalty': 0.1}"),
     ({"method": "vote", "norm": "2", "eps": 1.0}, "norm='2'"),
     ({"restarts": 0}, "restarts=0"),
     ({"method": "bim", "restarts": 3}, "restarts=3"),
@@ -167,7 +167,7 @@ def test_defaults_follow_the_literature_and_art_defaults_never_leak(classifiers)
 def test_invalid_arguments_raise_one_line_config_errors(classifiers, kwargs, argument):
     arguments = {"method": "pgd", "eps": 0.1, **kwargs}
     with pytest.raises(ConfigError) as error:
-        make_attack(arguments.pop("method"), classifiers["cnn"], arguments.pop("eps"), **arguments)
+        create_attack(arguments.pop("method"), classifiers["cnn"], arguments.pop("eps"), **arguments)
     message = str(error.value)
     assert "\n" not in message and f"Received: {argument}" in message
     if argument.startswith("method"):
@@ -188,9 +188,9 @@ def test_fgsm_is_exact_sign_steps_of_eps(classifiers, clean, family):
     """At eps = 0 nothing changes; at eps > 0 every pixel with a non-zero gradient moves by exactly eps in the
     gradient's sign, or stops at the clip bound it would cross."""
     classifier, (images, labels) = with_loss(classifiers[family], "ce"), clean[family]
-    np.testing.assert_array_equal(make_attack("fgsm", classifier, 0.0).generate(images, labels), images)
+    np.testing.assert_array_equal(create_attack("fgsm", classifier, 0.0).generate(images, labels), images)
     eps = 0.1
-    adversarial = make_attack("fgsm", classifier, eps).generate(images, labels)
+    adversarial = create_attack("fgsm", classifier, eps).generate(images, labels)
     sign = np.sign(classifier.loss_gradient(images, labels))
     expected = np.clip(images + eps * sign, 0.0, 1.0)
     np.testing.assert_allclose(adversarial, expected, atol=1e-6)
@@ -250,12 +250,12 @@ def test_an_image_keeps_its_first_successful_iterate():
 
 def test_restarts_run_only_on_the_images_still_robust(classifiers, clean):
     images, labels = clean["cnn"][0][:32], clean["cnn"][1][:32]
-    attack = make_attack("pgd", classifiers["cnn"], 0.08, steps=10, restarts=3, seed=0)
+    attack = create_attack("pgd", classifiers["cnn"], 0.08, steps=10, restarts=3, seed=0)
     adversarial = attack.generate(images, labels)
     run = attack.last_run
     fooled = classifiers["cnn"].predict(adversarial).argmax(axis=1) != labels
     # Every image counted once, by the loss and restart that fooled it; the rest survived all of them.
     assert sum(run["restarts"]) == sum(m["fooled"] for m in run["members"].values()) == int(fooled.sum())
     assert run["survived"] == int((~fooled).sum())
-    single = make_attack("pgd", classifiers["cnn"], 0.08, steps=10, seed=0).generate(images, labels)
+    single = create_attack("pgd", classifiers["cnn"], 0.08, steps=10, seed=0).generate(images, labels)
     assert fooled.sum() >= (classifiers["cnn"].predict(single).argmax(axis=1) != labels).sum()

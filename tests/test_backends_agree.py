@@ -28,7 +28,7 @@ import json
 import keras
 import numpy as np
 
-from attacks import make_attack
+from attacks import create_attack
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.data import load_dataset
 from capsrobust.store import ModelStore
@@ -44,9 +44,9 @@ for name in {models!r}:
     results[name + "/loss"] = classifier.compute_loss(images, labels)
     results[name + "/loss_gradient"] = classifier.loss_gradient(images, labels)
     results[name + "/class_gradient"] = classifier.class_gradient(images[:4], label=labels[:4])
-    results[name + "/fgsm"] = make_attack("fgsm", classifier, 0.1).generate(images, labels)
+    results[name + "/fgsm"] = create_attack("fgsm", classifier, 0.1).generate(images, labels)
     if name.startswith("capsnet"):  # the vote attack differentiates its own objective (input_gradient)
-        vote = make_attack("vote", classifier, 0.1, steps=5, seed=0)
+        vote = create_attack("vote", classifier, 0.1, steps=5, seed=0)
         results[name + "/vote"] = vote.generate(images, labels)
 np.savez({out!r}, **results)
 print(json.dumps({{"backend": keras.backend.backend(), "classes": classes}}))

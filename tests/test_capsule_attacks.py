@@ -6,7 +6,7 @@ import pytest
 
 from art.attacks.evasion import AutoProjectedGradientDescent
 
-from attacks import make_attack
+from attacks import create_attack
 from attacks.apgd import checkpoints
 from attacks.rbim import reconstruction_distance
 from capsrobust.art_bridge import to_art_classifier, with_loss
@@ -40,7 +40,7 @@ def _budget(method: str) -> dict:
 def adversarial(capsule):
     """Adversarial images at eps 0.1 from BIM and each new white-box attack, seed 0."""
     classifier, images, labels = capsule
-    return {method: make_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images, labels)
+    return {method: create_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images, labels)
             for method in ("bim", "vote", "vote-da", "rbim", "autoattack")}
 
 
@@ -69,7 +69,7 @@ def test_rbim_with_weight_zero_is_as_strong_as_bim_and_its_penalty_lowers_the_re
                                                                                                    adversarial):
     classifier, images, labels = capsule
     model = classifier.source_model
-    plain = make_attack("rbim", classifier, EPS, options={"recon_weight": 0.0}).generate(images, labels)
+    plain = create_attack("rbim", classifier, EPS, options={"detector_penalty": 0.0}).generate(images, labels)
     assert _accuracy(classifier, plain, labels) <= _accuracy(classifier, adversarial["bim"], labels) + TOLERANCE
     distance = {name: float(np.mean(reconstruction_distance(model, result))) for name, result in
                 (("bim", adversarial["bim"]), ("rbim", adversarial["rbim"]), ("plain", plain))}
@@ -82,7 +82,7 @@ def test_new_attacks_are_deterministic_for_a_seed(capsule, adversarial, method):
     np.random.seed(5)
     state = np.random.get_state()[1].copy()
     rows = slice(0, 8)
-    first, again = (make_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images[rows],
+    first, again = (create_attack(method, classifier, EPS, seed=0, **_budget(method)).generate(images[rows],
                                                                                             labels[rows])
                     for _ in range(2))
     np.testing.assert_array_equal(again, first)
@@ -91,14 +91,14 @@ def test_new_attacks_are_deterministic_for_a_seed(capsule, adversarial, method):
 
 def test_the_vote_attacks_random_start_follows_the_seed(capsule):
     classifier, images, labels = capsule
-    first, other = (make_attack("vote", classifier, EPS, steps=2, seed=seed).generate(images[:8], labels[:8])
+    first, other = (create_attack("vote", classifier, EPS, steps=2, seed=seed).generate(images[:8], labels[:8])
                     for seed in (1, 2))
     assert not np.array_equal(first, other)
 
 
 def test_autoattack_says_which_members_ran(capsule):
     classifier, images, labels = capsule
-    attack = make_attack("autoattack", classifier, 0.05, seed=0, **_budget("autoattack"))
+    attack = create_attack("autoattack", classifier, 0.05, seed=0, **_budget("autoattack"))
     result = attack.generate(images[:8], labels[:8])
     run = attack.record()["last_run"]
     assert list(run["members"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -127,16 +127,16 @@ def test_vote_scores_are_the_squashed_mean_vote_and_the_em_one_step_activation()
 def test_vote_attack_and_rbim_refuse_models_without_votes_or_a_decoder(trained_small_models):
     cnn = to_art_classifier(trained_small_models["cnn-small"])
     with pytest.raises(ConfigError, match="vote does not apply.*no capsule votes"):
-        make_attack("vote", cnn, EPS)
+        create_attack("vote", cnn, EPS)
     with pytest.raises(ConfigError, match="rbim does not apply.*no reconstruction decoder"):
-        make_attack("rbim", cnn, EPS)
+        create_attack("rbim", cnn, EPS)
 
 
 def test_transfer_crafts_on_the_source(capsule, trained_small_models):
     _, images, labels = capsule
     source = to_art_classifier(trained_small_models["cnn-small"])
-    transfer = make_attack("transfer", source, EPS, steps=5, seed=3, options={"source": "cnn-small"})
-    expected = make_attack("pgd", source, EPS, steps=5, seed=3).generate(images[:8], labels[:8])
+    transfer = create_attack("transfer", source, EPS, steps=5, seed=3, options={"source": "cnn-small"})
+    expected = create_attack("pgd", source, EPS, steps=5, seed=3).generate(images[:8], labels[:8])
     np.testing.assert_array_equal(transfer.generate(images[:8], labels[:8]), expected)
     assert transfer.record()["source"] == "cnn-small" and transfer.record()["base"] == "pgd"
 
@@ -150,22 +150,19 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
                          skip_inapplicable=True)
     images, labels = mnist_subset.x_test[:40], mnist_subset.y_test[:40]
     result = run_sweep([capsnet, cnn], config, images, labels, sources=[capsnet, cnn])
-    attacks = {(c["model"], c["attack"]) for c in result.cells}
+    attacks = {(c.model, c.attack) for c in result.cells}
     assert attacks == {("capsnet-small", "fgsm"), ("capsnet-small", "vote"), ("capsnet-small", "pgd"),
                        ("capsnet-small", "transfer(cnn-small)"), ("cnn-small", "fgsm"), ("cnn-small", "pgd"),
                        ("cnn-small", "transfer(capsnet-small)")}  # pgd: transfer's base, run white-box beside it
     assert result.skipped == [{"model_id": cnn.id, "attack": "vote", "reason": result.skipped[0]["reason"]}]
-    for cell in (c for c in result.cells if c.get("transfer_source")):
-        whitebox = next(c for c in result.cells if c["model_id"] == cell["model_id"] and c["attack"] == "pgd"
-                        and c["eps"] == cell["eps"])
-        assert cell["whitebox_accuracy"] == whitebox["adversarial_accuracy"]
-        assert 0 <= cell["source_accuracy"] <= cell["clean_accuracy"]
-        assert cell["linf_max"] <= cell["eps"] + 1e-6
+    for cell in (c for c in result.cells if c.transfer_source):
+        assert cell.whitebox_accuracy == result.cell(cell.model_id, "pgd", cell.eps).adversarial_accuracy
+        assert 0 <= cell.source_accuracy <= cell.clean_accuracy
+        assert cell.linf_max <= cell.eps + 1e-6
     assert {"white-box >= transfer"} <= {c["check"] for c in result.checks}
     assert len(result.worst_case) == 4
     for row in result.worst_case:
-        own = [c["adversarial_accuracy"] for c in result.cells
-               if c["model_id"] == row["model_id"] and c["eps"] == row["eps"]]
+        own = [c.adversarial_accuracy for c in result.cells if c.model_id == row["model_id"] and c.eps == row["eps"]]
         assert row["worst_case_accuracy"] <= min(own) + 1e-9 and row["strongest_accuracy"] == min(own)
         assert len(row["survived"]) == 40 and row["survived"].count("1") / 40 == row["worst_case_accuracy"]
     # The capsule-vs-CNN verdict per eps compares the worst-case figures above, on the same 40 images.
@@ -177,7 +174,7 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
         assert verdict["second_accuracy"] == rows[cnn.id]["worst_case_accuracy"]
         gap = (verdict["only_first_robust"] - verdict["only_second_robust"]) / 40
         assert gap == pytest.approx(verdict["first_accuracy"] - verdict["second_accuracy"])
-    with pytest.raises(ConfigError, match="vote does not apply to cnn-small"):
+    with pytest.raises(ConfigError, match="vote does not apply: cnn-small has no capsule votes"):
         run_sweep([cnn], SweepConfig(methods=("vote",), eps_values=(0.1,)), images, labels)
 
 
@@ -203,7 +200,7 @@ def test_our_apgd_ce_is_at_least_as_strong_as_arts(capsule):
                                        loss_type=None, verbose=False)
     theirs = _accuracy(classifier, art.generate(images, np.eye(10, dtype=np.float32)[labels]), labels)
     assert theirs < 1.0  # ART's APGD does something at this budget, so the comparison means something
-    attack = make_attack("autoattack-fast", classifier, eps, steps=steps, seed=0)
+    attack = create_attack("autoattack-fast", classifier, eps, steps=steps, seed=0)
     attack.generate(images, labels)
     ours = 1 - attack.last_run["members"]["apgd-ce"]["fooled"] / len(images)
     assert ours <= theirs + TOLERANCE
@@ -212,4 +209,4 @@ def test_our_apgd_ce_is_at_least_as_strong_as_arts(capsule):
 def test_autoattack_needs_four_classes():
     three = to_art_classifier(create_model("cnn-small", num_classes=3))
     with pytest.raises(ConfigError, match="at least 4 classes.*Received: 3 classes"):
-        make_attack("autoattack", three, 0.1)
+        create_attack("autoattack", three, 0.1)

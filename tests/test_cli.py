@@ -74,7 +74,7 @@ def test_attack_and_detect_end_to_end(tmp_path):
     (grid_dir,) = out.glob("visualize-cnn-recon-mnist-*")
     assert sorted(p.name for p in grid_dir.iterdir()) == ["pose-grid-7.png", "pose-grid-8.png"]
 
-    for args, message in ((["--method", "vote"], "vote does not apply to cnn-recon: cnn has no capsule votes"),
+    for args, message in ((["--method", "vote"], "vote does not apply: cnn-recon has no capsule votes"),
                           (["--method", "transfer", "--source", "resnet"], "no trained 'resnet' on mnist")):
         refused = capsrobust("attack", "--model", "cnn-recon", *args, home=tmp_path)
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr

@@ -1,17 +1,20 @@
 """A sweep on trained tiny models: every field present, numbers consistent, trust checks computed."""
 
+import csv
 import json
+import math
 
 import numpy as np
 import pytest
 
-from attacks import make_attack
+from attacks import create_attack
 from capsrobust import plots, report
 from capsrobust.art_bridge import to_art_classifier
 from capsrobust.models import create_model
 from capsrobust.models.predict import predict_batched
 from capsrobust.detection import ReconstructionDetector, reconstruction_distances
-from capsrobust.sweep import ModelUnderTest, SweepConfig, run_sweep
+from capsrobust.sweep import Cell, ModelUnderTest, SweepConfig, SweepResult, run_sweep
+from capsrobust.sweep.checks import attack_failure_checks
 
 
 @pytest.fixture(scope="module")
@@ -29,32 +32,37 @@ def test_sweep_fields_and_outputs(trained_capsnet, tmp_path):
     result = run_sweep([mut], config, images, labels)
     assert len(result.cells) == 6
     for cell in result.cells:
-        # Every CSV column is a cell field, but the interval, which the CSV splits into its two ends.
-        assert set(report.CSV_FIELDS) - {"adversarial_accuracy_ci_low", "adversarial_accuracy_ci_high"} <= set(cell)
-        low, high = cell["adversarial_accuracy_ci"]
-        assert low <= cell["adversarial_accuracy"] <= high
-        assert cell["linf_max"] <= cell["eps"] + 1e-6
-    at_zero = [c for c in result.cells if c["eps"] == 0.0]
-    assert all(c["adversarial_accuracy"] == c["clean_accuracy"] and c["linf_max"] == 0 for c in at_zero)
+        low, high = cell.adversarial_accuracy_ci
+        assert low <= cell.adversarial_accuracy <= high
+        assert cell.linf_max <= cell.eps + 1e-6
+    at_zero = [c for c in result.cells if c.eps == 0.0]
+    assert all(c.adversarial_accuracy == c.clean_accuracy and c.linf_max == 0 for c in at_zero)
     # The cell's figures, recomputed outside the sweep: the same attack on the correctly classified images, judged
     # by the model and its detector.
-    strongest = next(c for c in result.cells if c["attack"] == "bim" and c["eps"] == 0.3)
+    strongest = result.cell(mut.id, "bim", 0.3)
     correct = predict_batched(mut.model, images)["scores"].argmax(-1) == labels
-    attack = make_attack("bim", to_art_classifier(mut.model), 0.3, steps=5, step_size=2.5 * 0.3 / 5, seed=0)
+    attack = create_attack("bim", to_art_classifier(mut.model), 0.3, steps=5, step_size=2.5 * 0.3 / 5, seed=0)
     adversarial = attack.generate(images[correct], labels[correct])
     fooled = predict_batched(mut.model, adversarial)["scores"].argmax(-1) != labels[correct]
-    assert strongest["adversarial_accuracy"] == pytest.approx(float(np.sum(~fooled)) / len(images))
-    assert strongest["adversarial_accuracy"] < 0.5
+    assert strongest.adversarial_accuracy == pytest.approx(float(np.sum(~fooled)) / len(images))
+    assert strongest.adversarial_accuracy < 0.5
     flagged = mut.detector.flags(reconstruction_distances(mut.model, adversarial))
-    assert strongest["undetected_success_rate"] == pytest.approx(float(np.mean(fooled & ~flagged)))
+    assert strongest.undetected_success_rate == pytest.approx(float(np.mean(fooled & ~flagged)))
     names = {c["check"] for c in result.checks}
     assert names == {"iterative >= single-step", "accuracy non-increasing in eps", "stronger than random noise",
                      "unbounded attack wins", "attacked images moved", "attack loss moves the right way"}
 
     report.write_results(result, tmp_path, {"command": "test"})
     saved = json.loads((tmp_path / "sweep.json").read_text())
-    assert len(saved["cells"]) == 6 and saved["config"]["methods"] == ["fgsm", "bim"]
-    assert (tmp_path / "sweep.csv").read_text().count("\n") == 7
+    assert saved["config"]["methods"] == ["fgsm", "bim"]
+    # JSON holds every field, unchanged (NaN, e.g. an AUROC with no success to rank, compared as such).
+    assert [_without_nan(Cell.from_dict(c).to_dict()) for c in saved["cells"]] == \
+        [_without_nan(c.to_dict()) for c in result.cells]
+    with open(tmp_path / "sweep.csv", newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert [(r["attack"], float(r["eps"]), float(r["adversarial_accuracy"]), float(r["adversarial_accuracy_ci_low"]))
+            for r in rows] == [(c.attack, c.eps, c.adversarial_accuracy, c.adversarial_accuracy_ci[0])
+                               for c in result.cells]
     written = plots.write_figures(result, tmp_path)
     assert (tmp_path / "accuracy_vs_eps.png").stat().st_size > 1000 and (tmp_path / "roc.png").exists()
     assert len(written) == 2 + 6
@@ -138,17 +146,23 @@ def test_the_trust_checks_catch_the_masked_margin_loss(trained_capsnet):
     assert all(c["passed"] for c in moved_check("auto"))
 
 
-def _cell(attack: str, accuracy: float, attacked: int = 100, **extra) -> dict:
-    return {"model_id": "m", "attack": attack, "method": attack, "eps": 0.1, "attacked": attacked,
-            "adversarial_accuracy": accuracy, "white_box": True, "targeted": False, "attack_options": {},
-            "unperturbed_share": 0.0, "loss_clean": 1.0, "loss_adversarial": 2.0, **extra}
+def _without_nan(values: dict) -> dict:
+    return {key: "nan" if isinstance(value, float) and math.isnan(value) else value for key, value in values.items()}
 
 
-def _checks(cells: list[dict], survivors: dict) -> dict:
-    from capsrobust.sweep import SweepResult, _attack_failure_checks
+def _cell(attack: str, accuracy: float, attacked: int = 100, **extra) -> Cell:
+    fields = dict(model_id="m", model="m", family="capsule", attack=attack, method=attack, white_box=True, eps=0.1,
+                  norm="inf", targeted=False, loss="auto", attack_loss="ce+dlr", attack_step_size=0.01,
+                  attack_steps=100, attack_random_start=True, attack_restarts=1, attack_options={}, images=attacked,
+                  attacked=attacked, clean_accuracy=1.0, clean_accuracy_ci=(0.96, 1.0), adversarial_accuracy=accuracy,
+                  adversarial_accuracy_ci=(0.0, 1.0), attack_success_rate=1 - accuracy, linf_mean=0.1, linf_max=0.1,
+                  l2_mean=1.0, l2_max=1.0, unperturbed_share=0.0, loss_clean=1.0, loss_adversarial=2.0)
+    return Cell(**{**fields, **extra})
 
+
+def _checks(cells: list[Cell], survivors: dict) -> dict:
     result = SweepResult(SweepConfig(methods=(), eps_values=(0.1,)), cells=cells, survivors=survivors)
-    return {(c["check"], c["detail"].split(" ")[0]): c for c in _attack_failure_checks(result, "m")}
+    return {(c["check"], c["detail"].split(" ")[0]): c for c in attack_failure_checks(result, "m")}
 
 
 def test_an_attack_far_weaker_than_the_strongest_is_flagged_on_the_same_images():
@@ -172,7 +186,7 @@ def test_restarts_still_finding_images_and_a_square_win_are_flagged():
              _cell("autoattack", 0.25, members_run={"members": {"square": {"ran": True, "fooled": 4}},
                                                     "survived": 25}),
              _cell("fgsm", 0.6, unperturbed_share=0.2, loss_adversarial=1.0)]
-    checks = _checks(cells, {("m", c["attack"], 0.1): np.arange(100) < 100 * c["adversarial_accuracy"]
+    checks = _checks(cells, {("m", c.attack, 0.1): np.arange(100) < 100 * c.adversarial_accuracy
                              for c in cells})
     assert not checks[("restarts exhausted", "pgd100")]["passed"]  # the 5th restart fooled 2% of the images
     assert not checks[("black-box adds little to white-box", "autoattack")]["passed"]

@@ -21,9 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (`sys.argv` when None), keeping what was typed in `argv` for the records."""
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one command; user errors print one line and return 2, an interrupt returns 130."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from capsrobust.backend import silence_known_noise, start_backend_quietly
     from capsrobust.errors import CapsrobustError
 

@@ -29,6 +29,21 @@ positive_float = _number_type(float, lambda value: math.isfinite(value) and valu
 non_negative_float = _number_type(float, lambda value: math.isfinite(value) and value >= 0, "a number >= 0")
 
 
+RECON_WEIGHT_GONE = ("--recon-weight meant two things and was removed: use --recon-loss-weight (train: the weight of "
+                     "the decoder's loss) or --detector-penalty (attack, detect, compare: the weight of the "
+                     "reconstruction distance in rbim and vote-da)")
+
+
+def add_removed_flag(group, flag: str, message: str) -> None:
+    """A flag that no longer exists: given, argparse refuses it with `message` (which names its replacements)
+    rather than a bare "unrecognized arguments"."""
+    class Removed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(message)
+
+    group.add_argument(flag, action=Removed, nargs="?", help=argparse.SUPPRESS)
+
+
 def directory(text: str) -> str:
     """A directory path; an empty one is refused rather than taken as the current directory."""
     if not text.strip():

@@ -43,9 +43,9 @@ def _run(args, need_detector: bool) -> int:
     store, entry = resolve_entry(args)
     under_test, dataset = load_under_test(store, entry, args, need_detector=need_detector)
     for method in methods:  # before any attack runs: a vote attack on a CNN is a mistake, not a skipped row
-        reason = get_attack_spec(method).applies(under_test.model)
+        reason = get_attack_spec(method).unmet(under_test.model)
         if reason:
-            raise ConfigError(f"{method} does not apply to {entry.model}: {reason}")
+            raise ConfigError(f"{method} does not apply: {reason}")
     sources = load_sources(store, args, entry.dataset) if "transfer" in methods else []
     run_and_report(args.command, [under_test], dataset, sweep_config(args, methods), args,
                    detection=under_test.detector is not None, sources=sources)

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from capsrobust.cli import build_parser
+    from capsrobust.cli import parse_args
     from capsrobust.cli.train import train_model
     from capsrobust.console import console
 
@@ -29,11 +29,11 @@ def run(args) -> int:
     ids = []
     for model in DEMO_MODELS:
         console.rule(f"training {model} on the bundled MNIST subset")
-        train_args = build_parser().parse_args(["train", "mnist", "--subset", "--model", model,
-                                                "--epochs", str(args.epochs), *store])
+        train_args = parse_args(["train", "mnist", "--subset", "--model", model, "--epochs", str(args.epochs),
+                                 *store])
         ids.append(train_model(train_args).id)
     console.rule("capsule vs CNN under FGSM, BIM and PGD")
     output = ["--output", args.output] if args.output else []
-    compare_args = build_parser().parse_args(["compare", "mnist", "--subset", "--models", ",".join(ids),
-                                              "--limit", str(args.limit), *store, *output])
+    compare_args = parse_args(["compare", "mnist", "--subset", "--models", ",".join(ids), "--limit", str(args.limit),
+                               *store, *output])
     return compare_args.run(compare_args)

@@ -4,8 +4,9 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, directory, entry_dataset, eps_list, name_list,
-                                 new_directory, non_negative_float, non_negative_int, positive_float, positive_int)
+from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, directory,
+                                 entry_dataset, eps_list, name_list, new_directory, non_negative_float,
+                                 non_negative_int, positive_float, positive_int)
 
 DEFAULT_LIMIT = 1000
 
@@ -36,8 +37,10 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
                             "confidently classified images)")
     group.add_argument("--batch-size", type=positive_int, default=128, help="images per attack batch (128)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed of random starts and targets")
-    group.add_argument("--recon-weight", type=non_negative_float, metavar="W",
-                       help="weight of the reconstruction distance in rbim and vote-da (default 0.1)")
+    group.add_argument("--detector-penalty", type=non_negative_float, metavar="W",
+                       help="rbim and vote-da: weight of the reconstruction distance subtracted from the attack "
+                            "loss, to evade the detector (default 0.1)")
+    add_removed_flag(group, "--recon-weight", RECON_WEIGHT_GONE)
     group.add_argument("--square-queries", dest="queries", type=positive_int, metavar="N",
                        help="autoattack: Square's query budget (default 5000, the reference AutoAttack's)")
     group.add_argument("--source", type=name_list, metavar="MODELS",
@@ -60,7 +63,7 @@ def sweep_config(args, methods: tuple[str, ...], skip_inapplicable: bool = False
                        step_size=args.step_size, steps=args.steps, random_start=args.random_start,
                        restarts=args.restarts,
                        targeted=args.targeted, batch_size=args.batch_size, seed=args.seed,
-                       trust_checks=args.trust_checks, recon_weight=args.recon_weight, queries=args.queries,
+                       trust_checks=args.trust_checks, detector_penalty=args.detector_penalty, queries=args.queries,
                        transfer_base=args.transfer_method, skip_inapplicable=skip_inapplicable)
 
 
@@ -101,24 +104,17 @@ def load_sources(store, args, dataset_name: str, exclude: list | None = None) ->
 
 def load_under_test(store, entry, args, need_detector: bool = False):
     """The entry's model, its evaluation data and (if it has a decoder) its detector."""
-    from capsrobust.detection import ReconstructionDetector, reconstruction_distances
-    from capsrobust.errors import ConfigError, StoreError
+    from capsrobust.detection import ReconstructionDetector
+    from capsrobust.errors import ConfigError
     from capsrobust.sweep import ModelUnderTest
 
     model = store.load(entry)
-    dataset = entry_dataset(entry, args)
-    detector = None
-    if model.has_decoder:
-        stored = entry.card.get("detector")
-        try:
-            detector = ReconstructionDetector(**stored) if stored else ReconstructionDetector.fit(
-                reconstruction_distances(model, dataset.x_val, args.batch_size))
-        except TypeError:
-            raise StoreError(f"store entry {entry.id}: card.json has an unknown detector field "
-                             f"({', '.join(sorted(stored))})") from None
-    elif need_detector:
+    if need_detector and not model.has_decoder:
         raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
                           f"or cnn-recon")
+    dataset = entry_dataset(entry, args)
+    detector = ReconstructionDetector.for_model(model, entry.card.get("detector"), dataset.x_val, args.batch_size,
+                                                where=f"store entry {entry.id}: card.json")
     family = entry.card.get("family", "cnn" if model.score_kind == "logits" else "capsule")
     return ModelUnderTest(entry.id, entry.model, family, model, entry.card, detector), dataset
 

@@ -2,10 +2,10 @@
 
 import argparse
 import dataclasses
-import datetime
+import shlex
 
-from capsrobust.cli.args import (add_data_args, add_store_arg, config_item, non_negative_int, positive_float,
-                                 positive_int)
+from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, config_item,
+                                 non_negative_int, positive_float, positive_int)
 
 HELP = "train a model from the registry and save it in the trained-model store"
 EXAMPLES = """examples:
@@ -32,7 +32,9 @@ def add_parser(subparsers) -> None:
                                                                   "(paper: 3)")
     model.add_argument("--no-reconstruction", dest="reconstruction", action="store_false", default=None,
                        help="drop the reconstruction decoder")
-    model.add_argument("--recon-weight", type=positive_float, help="weight of the reconstruction loss (0.0005)")
+    model.add_argument("--recon-loss-weight", type=positive_float, metavar="W",
+                       help="weight of the decoder's reconstruction loss in the training loss (0.0005)")
+    add_removed_flag(model, "--recon-weight", RECON_WEIGHT_GONE)
     model.add_argument("--config", type=config_item, action="append", default=[], metavar="KEY=VALUE",
                        help="any other configuration key of the model, e.g. --config conv_channels=128")
     optim = parser.add_argument_group("training")
@@ -102,14 +104,15 @@ def train_model(args):
         model_name = args.model or "capsnet"
         overrides = dict(args.config)
         flags = {"routings": args.routings, "em_iterations": args.em_iterations, "reconstruction": args.reconstruction,
-                 "recon_weight": args.recon_weight}
+                 "recon_weight": args.recon_loss_weight}
         overrides.update({key: value for key, value in flags.items() if value is not None})  # keep --config's
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
                                  early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices)
         spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
-                "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size}}
+                "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size},
+                "command": shlex.join(["capsrobust", *args.argv])}  # for the card: how to train it again
         run_dir = None
 
     data = spec["data"]
@@ -167,14 +170,12 @@ def _find_run(store, args):
 
 
 def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console, console):
-    import keras
     from rich.table import Table
 
-    from capsrobust.backend import devices
+    from capsrobust.cards import build_card
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
     from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
-    from capsrobust.store import library_versions
     from capsrobust.training import fit
 
     try:
@@ -189,20 +190,15 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     detector = None
     if result.model.has_decoder and len(dataset.x_val):
         detector = ReconstructionDetector.fit(reconstruction_distances(result.model, dataset.x_val)).to_dict()
-    card = {
-        "model": spec["model"], "family": _family(spec["model"]),
-        "score_kind": result.model.score_kind, "config": spec["config"],
-        "parameters": int(result.model.count_params()), "dataset": dataset.describe(),
-        "training": {**dataclasses.asdict(settings), "replicas": result.replicas,
-                     "epochs_completed": state.epoch, "best_epoch": state.best_epoch,
-                     "stop_reason": state.stop_reason, "seconds": round(state.seconds, 1),
-                     "images_per_second": round(result.images_per_second, 1), "history": state.history},
-        "metrics": {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
-                    "test_images": len(dataset.x_test)},
-        "detector": detector,
-        "backend": keras.backend.backend(), "devices": devices(), "versions": library_versions(),
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+    card = build_card(
+        model_name=spec["model"], config=spec["config"], model=result.model, dataset=dataset.describe(),
+        training={**dataclasses.asdict(settings), "replicas": result.replicas, "epochs_completed": state.epoch,
+                  "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
+                  "seconds": round(state.seconds, 1), "images_per_second": round(result.images_per_second, 1),
+                  "history": state.history},
+        metrics={"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
+                 "test_images": len(dataset.x_test)},
+        detector=detector, command=spec.get("command"))
     try:
         entry = store.publish(run_dir, result.model, card)
     except StoreError as error:
@@ -218,8 +214,3 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     console.print(f"stored in {entry.path}")
     return entry
 
-
-def _family(model_name: str) -> str:
-    from capsrobust.models import get_model_spec
-
-    return get_model_spec(model_name).family

@@ -57,6 +57,17 @@ class CapsrobustModel(keras.Model):
     def has_decoder(self) -> bool:
         return self.decoder is not None
 
+    @property
+    def registry_name(self) -> str:
+        """The registry name the model was created under (`cnn-recon`, not its builder's `cnn`)."""
+        return getattr(self, "_registry_name", self.name)
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What attacks may require of the model (`attacks.base.REQUIREMENTS`): `"votes"`, `"decoder"`."""
+        return frozenset({"votes"} if self.supports_votes else set()) | frozenset(
+            {"decoder"} if self.has_decoder else set())
+
     def classify(self, images, training=None):
         """Returns `(scores, poses)`; `poses` is None for models without class poses."""
         raise NotImplementedError
@@ -68,7 +79,7 @@ class CapsrobustModel(keras.Model):
     def vote_scores(self, images):
         """Class scores `(batch_size, num_classes)` from the class capsules' votes with routing skipped (Gu et al.
         2021); only models with `supports_votes`. Scored like `"scores"`, so the model's attack losses apply."""
-        raise NotImplementedError(f"{self.name} has no capsule votes")
+        raise NotImplementedError(f"{self.registry_name} has no capsule votes")
 
     def call(self, inputs, training=None):
         images, labels = split_inputs(inputs)

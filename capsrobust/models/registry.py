@@ -97,6 +97,7 @@ def create_model(name: str, **config):
     full = model_config(name, **config)
     try:
         model = get_model_spec(name).builder(**full)
+        model._registry_name = name  # messages name the registry entry (`cnn-recon`), not the builder (`cnn`)
         model(ops.zeros((1, *full["image_shape"])))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"cannot build {name!r}: {str(error).splitlines()[0]}") from None

@@ -6,6 +6,7 @@ POINT is one of
     batch:E:B             the batch stream is asked for batch B (0-based) of epoch E (1-based): mid-epoch
     checkpoint-write:E    epoch E's weights are fully written to their temporary file, not yet renamed into place
     after-checkpoint:E    epoch E's checkpoint (weights, optimizer, state.json) is complete
+    after-publish-rename  the new store entry is renamed into place, run.json does not yet say it is published
     none                  nowhere: the command runs to the end
 
 At the point the process creates READY_FILE and sleeps; the test waits for that file and kills the process. Nothing
@@ -58,6 +59,15 @@ def install(point: str, ready_file: str) -> None:
                 freeze(ready_file)
 
         callbacks.save_checkpoint = save_then_freeze
+    elif kind == "after-publish-rename":
+        rename = os.rename
+
+        def rename_then_freeze(src, dst, *args, **kwargs):
+            rename(src, dst, *args, **kwargs)
+            if Path(src).name.startswith(".staging-"):
+                freeze(ready_file)
+
+        os.rename = rename_then_freeze
     elif kind != "none":
         raise SystemExit(f"unknown kill point {point!r}")
 

@@ -184,3 +184,34 @@ def test_publish_into_read_only_store_keeps_the_run_for_a_resume(tmp_path, read_
     assert status == 0, err
     (entry,) = ModelStore(store).entries(verify=True)
     assert entry.id == run_id and not entry.problem
+
+
+def test_a_publish_killed_after_the_rename_completes_when_run_again(tmp_path, monkeypatch):
+    """The window between the entry's rename and run.json's `published`: a second publish (what `--resume` does)
+    returns the entry instead of failing on the existing directory, and the run is then marked published."""
+    import capsrobust.store
+
+    store = ModelStore(tmp_path)
+    name = "cnn-small"
+    spec = {"model": name, "config": model_config(name), "dataset": {"name": "mnist", "source": "subset"},
+            "settings": {}, "data": {}}
+    run_dir = store.new_run(spec)
+    card = {"model": name, "config": spec["config"], "dataset": spec["dataset"]}
+    write_json = capsrobust.store.write_json
+
+    def die_on_run_file(path, value):
+        if Path(path).name == "run.json":
+            raise SystemExit("killed")  # the process dies here
+        write_json(path, value)
+
+    monkeypatch.setattr(capsrobust.store, "write_json", die_on_run_file)
+    with pytest.raises(SystemExit):
+        store.publish(run_dir, create_model(name), card)
+    monkeypatch.undo()
+    assert [e.id for e in store.entries()] == [run_dir.name] and "published" not in store.read_run(run_dir)
+    assert [d.name for d, _ in store.unfinished_runs()] == [run_dir.name]  # what `--resume` would pick up
+
+    again = store.publish(run_dir, create_model(name), card)
+    assert again.id == run_dir.name and not again.problem
+    assert store.read_run(run_dir)["published"] == run_dir.name and store.unfinished_runs() == []
+    assert store.load(store.resolve(name)).count_params() == create_model(name).count_params()

@@ -1,7 +1,8 @@
 """Interrupted training: SIGKILL at exact points of one run, each followed by `--resume`.
 
 One run of 3 epochs is killed mid-epoch 2, then (resumed) while epoch 2's weights are being written, then (resumed)
-right after epoch 2's checkpoint, then resumed to the end. Every resume must continue from the last completed epoch
+right after epoch 2's checkpoint, then (resumed) between its entry's rename into the store and the run's record of
+it, then resumed to the end. Every resume must continue from the last completed epoch
 with the optimizer state it had (and so the learning-rate schedule, a function of the optimizer's step), and the
 final entry must be complete. A chain rather than separate runs: each kill also tests the resume before it, at a
 third of the cost. Writes interrupted in-process (card, entry, checkpoint) are in `test_atomic_writes.py`.
@@ -95,7 +96,11 @@ def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     assert not list(run_dir.glob(".*")), "temporary files of the killed checkpoint write were left"
     epoch_2 = state["history"][1]
 
-    # 4. Resumed to the end: trains epoch 3 and publishes one complete entry.
+    # 4. Resumed, then killed between the entry's rename into the store and run.json's record of it.
+    assert _run_until("after-publish-rename", ["train", "mnist", "--resume", "--quiet"], home, tmp_path) is None
+    assert [e.id for e in store.entries()] == [run_dir.name] and store.unfinished_runs()
+
+    # 5. Resumed again: publishing is idempotent, so it completes with the one entry, trained for 3 epochs.
     done = _run_until("none", ["train", "mnist", "--resume", "--quiet"], home, tmp_path)
     assert done.returncode == 0, done.stderr
     (entry,) = store.entries(verify=True)

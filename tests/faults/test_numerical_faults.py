@@ -109,7 +109,7 @@ def test_attack_on_a_model_that_gets_every_image_wrong_reports_instead_of_crashi
     wrong = (untrained.model.predict(images, verbose=0)["scores"].argmax(-1) + 1) % 10  # labels it never predicts
     result = run_sweep([untrained], SweepConfig(methods=("fgsm", "bim"), eps_values=(0.1,), steps=2,
                                                 trust_checks=False), images, wrong)
-    rows = [(c["attacked"], c["clean_accuracy"], c["adversarial_accuracy"]) for c in result.cells]
+    rows = [(c.attacked, c.clean_accuracy, c.adversarial_accuracy) for c in result.cells]
     assert rows == [(0, 0.0, 0.0)] * 2
 
 

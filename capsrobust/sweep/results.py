@@ -1,0 +1,137 @@
+"""What a sweep measures: one `Cell` per (model, attack, eps), the schema that JSON, CSV and tables all read, and the
+`SweepResult` that holds the cells with the worst case, verdicts, trust checks and figures' data."""
+
+from dataclasses import asdict, dataclass, field, fields
+
+from capsrobust.sweep.plan import SweepConfig
+
+
+@dataclass
+class Cell:
+    """One model under one attack at one eps. Rates are over the attacked images (those the model classified
+    correctly), accuracies over all images; `None` where nothing was measured (no image attacked, no detector).
+
+    Attributes:
+        model_id, model, family: the store id, registry name and family of the attacked model.
+        attack: the row's name: the method, or `transfer(<source>)`.
+        method: the registered attack method.
+        white_box: crafted with the attacked model's own gradients (not a transfer).
+        eps, norm, targeted: the threat model.
+        loss: the sweep's `--loss`; `attack_loss` what the attack climbed (`ce+dlr` for the default chain).
+        attack_step_size, attack_steps, attack_random_start, attack_restarts, attack_options: the attack's
+            resolved parameters.
+        images, attacked: images evaluated, and of those the ones attacked (classified correctly when clean).
+        clean_accuracy, adversarial_accuracy: over `images`, each with its 95% Wilson interval (`*_ci`).
+        attack_success_rate: share of attacked images misclassified (or, targeted, sent to the target).
+        linf_mean, linf_max, l2_mean, l2_max: perturbation sizes of the attacked images.
+        unperturbed_share: attacked images the attack never moved (a zero gradient; a trust check reads it).
+        loss_clean, loss_adversarial: mean attack loss before and after, on the sweep's classifier loss.
+        members_run: which loss of a chain, restart or AutoAttack member fooled how many images.
+        attack_members: an ensemble's members with their budgets.
+        detector_threshold, detector_fpr, detection_rate, auroc, undetected_success_rate: reconstruction-error
+            detection (models with a decoder).
+        transfer_source, whitebox_accuracy, source_accuracy: a transfer attack's source, the target's white-box
+            accuracy under the same base attack, and the source's accuracy on the images crafted on it.
+        seconds: wall time of the cell.
+    """
+
+    model_id: str
+    model: str
+    family: str
+    attack: str
+    method: str
+    white_box: bool
+    eps: float
+    norm: str
+    targeted: bool
+    loss: str
+    attack_loss: str
+    attack_step_size: float
+    attack_steps: int
+    attack_random_start: bool
+    attack_restarts: int
+    attack_options: dict
+    images: int
+    attacked: int
+    clean_accuracy: float
+    clean_accuracy_ci: tuple[float, float]
+    adversarial_accuracy: float
+    adversarial_accuracy_ci: tuple[float, float]
+    attack_success_rate: float | None
+    linf_mean: float | None
+    linf_max: float
+    l2_mean: float | None
+    l2_max: float
+    unperturbed_share: float | None
+    loss_clean: float | None = None
+    loss_adversarial: float | None = None
+    members_run: dict | None = None
+    attack_members: list | None = None
+    detector_threshold: float | None = None
+    detector_fpr: float | None = None
+    detection_rate: float | None = None
+    auroc: float | None = None
+    undetected_success_rate: float | None = None
+    transfer_source: str | None = None
+    whitebox_accuracy: float | None = None
+    source_accuracy: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Cell":
+        """A cell from its `to_dict` form (a saved `sweep.json`); unknown keys are an error, not ignored."""
+        intervals = {key: tuple(values[key]) for key in ("clean_accuracy_ci", "adversarial_accuracy_ci")}
+        return cls(**{**values, **intervals})
+
+    def csv_row(self) -> dict:
+        """The CSV columns (`CSV_COLUMNS`): the flat fields, the accuracy interval split in two."""
+        values = self.to_dict()
+        values["adversarial_accuracy_ci_low"], values["adversarial_accuracy_ci_high"] = self.adversarial_accuracy_ci
+        return {column: values[column] for column in CSV_COLUMNS}
+
+
+# Everything but the nested fields (options, member counts, intervals as pairs), which JSON keeps.
+_NESTED = {"attack_options", "members_run", "attack_members", "clean_accuracy_ci", "adversarial_accuracy_ci"}
+CSV_COLUMNS = [f.name for f in fields(Cell) if f.name not in _NESTED]
+CSV_COLUMNS[CSV_COLUMNS.index("adversarial_accuracy") + 1:
+            CSV_COLUMNS.index("adversarial_accuracy") + 1] = ["adversarial_accuracy_ci_low",
+                                                              "adversarial_accuracy_ci_high"]
+
+
+@dataclass
+class SweepResult:
+    """Everything a sweep measured.
+
+    Attributes:
+        config: what ran.
+        cells: one `Cell` per (model, attack, eps), per source for transfer.
+        worst_case: per (model, eps), the per-image worst case over every attack (`metrics.worst_case`).
+        verdicts: per pair of models and eps, worst-case accuracies and McNemar's exact test.
+        checks: trust checks, each `{"check", "model_id", "passed", "detail", "hint"}`.
+        noise: per (model, eps), accuracy under random noise of the attack's size.
+        skipped: attacks that did not apply to a model, with the reason.
+        examples: per (model id, attack, eps), a few clean and adversarial images for the figures.
+        roc: per (model id, attack, eps), clean and adversarial reconstruction distances.
+        survivors: per (model id, attack, eps), which attacked images survived (the gap checks pair attacks on
+            the same images).
+        seconds: wall time of the sweep.
+    """
+
+    config: SweepConfig
+    cells: list[Cell] = field(default_factory=list)
+    worst_case: list[dict] = field(default_factory=list)
+    verdicts: list[dict] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+    noise: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    examples: dict = field(default_factory=dict)
+    roc: dict = field(default_factory=dict)
+    survivors: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def cell(self, model_id: str, attack: str, eps: float) -> Cell | None:
+        """The cell of `attack` on `model_id` at `eps`, or None."""
+        return next((c for c in self.cells if c.model_id == model_id and c.attack == attack and c.eps == eps), None)

@@ -1,0 +1,116 @@
+"""Running a sweep: models x attacks x eps, with reconstruction-error detection and trust checks.
+
+Per model and eps the sweep also reports the worst case over every attack that ran (`metrics.worst_case`), and for
+each pair of models a paired verdict (`metrics.verdicts`). A transfer attack crafts on each source model given to
+`run_sweep` (never the target itself) and is shown to the target; its cell carries the target's white-box accuracy
+under the same base attack (run in the same sweep, added if not asked for) and the source's accuracy on its own
+images.
+"""
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from attacks import create_attack, resolve_params, validate_inputs
+from capsrobust.art_bridge import BatchedBridge, to_art_classifier
+from capsrobust.sweep import checks, metrics
+from capsrobust.sweep.metrics import Attempt, CleanPass, Outcome
+from capsrobust.sweep.plan import ModelUnderTest, Step, SweepConfig, attack_arguments, plan_steps
+from capsrobust.sweep.results import Cell, SweepResult
+
+
+def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
+              progress=None, sources: list[ModelUnderTest] | None = None,
+              on_cell: Callable[[SweepResult], None] | None = None) -> SweepResult:
+    """Attacks every model with every method at every eps.
+
+    Args:
+        models: the models, each with its detector if it has a decoder.
+        config: methods, eps values and attack settings.
+        images: `(num_images, height, width, channels)` test images in [0, 1].
+        labels: `(num_images,)` integer labels.
+        progress: a `rich.progress.Progress` to advance, or None.
+        sources: the models transfer attacks craft on (each target is attacked from every source but itself).
+        on_cell: called with the result so far after each finished cell (to save it: a long sweep that is stopped
+            keeps what it measured).
+
+    Returns:
+        A `SweepResult` with one cell per (model, method, eps) (per source for transfer), the per-image worst case
+        per (model, eps), the verdicts, trust checks, image examples and ROC data.
+
+    Raises:
+        ConfigError: an attack that does not apply to a model (a CNN has no votes, a model without a decoder has no
+            reconstruction error), unless `config.skip_inapplicable`, which records it in `result.skipped`.
+    """
+    validate_inputs(images)
+    started = time.perf_counter()
+    result = SweepResult(config)
+    sources = list(sources or [])
+    plan = plan_steps(models, config, sources, result.skipped)
+    task = progress.add_task("sweep", total=len(plan) * len(config.eps_values)) if progress is not None else None
+    source_classifiers = {s.id: to_art_classifier(s.model, loss=config.loss, batch_size=config.batch_size)
+                          for s in sources}
+    robust = {}
+    for mut in models:
+        clean = CleanPass.of(mut, images, labels, config.batch_size)
+        classifier = to_art_classifier(mut.model, loss=config.loss, batch_size=config.batch_size)
+        survived = {eps: clean.correct.copy() for eps in config.eps_values}
+        undetected = {eps: np.zeros(int(clean.correct.sum()), dtype=bool) for eps in config.eps_values}
+        for step in (step for step in plan if step.model is mut):
+            attacker = classifier if step.source is None else source_classifiers[step.source.id]
+            for eps in config.eps_values:
+                cell, outcome = _attack_cell(step, eps, config, clean, attacker)
+                if step.source is not None:
+                    whitebox = result.cell(mut.id, cell.attack_options["base"], eps)
+                    metrics.add_transfer_columns(cell, whitebox, step.source, outcome, clean.attacked[1],
+                                                 config.batch_size)
+                _record(result, cell, outcome, clean)
+                survived[eps] &= outcome.survived
+                if outcome.undetected is not None:
+                    undetected[eps] |= outcome.undetected
+                if on_cell is not None:
+                    on_cell(result)
+                if progress is not None:
+                    progress.advance(task)
+        result.worst_case.extend(metrics.worst_case(mut, result.cells, survived, undetected))
+        robust[mut.id] = survived
+        if config.trust_checks:
+            result.noise.extend(metrics.noise_accuracy(mut, config, images, labels))
+            result.checks.append(checks.eps_one_check(mut, classifier, config, *clean.attacked))
+    if config.trust_checks:
+        result.checks = checks.sweep_checks(result) + result.checks
+    result.verdicts = metrics.verdicts(models, robust)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
+                 classifier: BatchedBridge) -> tuple[Cell, Outcome]:
+    """Runs `step`'s attack at `eps` on the images `clean` classified correctly and measures the cell."""
+    started = time.perf_counter()
+    x, y = clean.attacked
+    num_classes = step.model.model.num_classes
+    rng = np.random.default_rng(config.seed)
+    targets = (y + rng.integers(1, num_classes, size=len(y))) % num_classes if config.targeted else y
+    arguments = attack_arguments(step, eps, config)
+    attempt = Attempt(resolve_params(step.method, eps, **arguments), targets, x)
+    if len(x) and eps > 0:  # at eps = 0 the only admissible image is the original
+        attack = create_attack(step.method, classifier, eps, **arguments)
+        attempt.adversarial = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets]).astype("float32")
+        attempt.record = attack.record()
+        if step.source is None:  # a transfer attack's classifier is its source's: the target's loss is not at hand
+            attempt.losses = (classifier.compute_loss(x, targets),
+                              classifier.compute_loss(attempt.adversarial, targets))
+    cell, outcome = metrics.measure(step, eps, config, clean, attempt)
+    cell.seconds = round(time.perf_counter() - started, 2)
+    return cell, outcome
+
+
+def _record(result: SweepResult, cell: Cell, outcome: Outcome, clean: CleanPass) -> None:
+    key = (cell.model_id, cell.attack, cell.eps)
+    result.cells.append(cell)
+    result.survivors[key] = outcome.survived[clean.correct]
+    result.examples[key] = outcome.example
+    if outcome.roc is not None:
+        result.roc[key] = outcome.roc
