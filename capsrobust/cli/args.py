@@ -27,6 +27,7 @@ positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
 non_negative_int = _number_type(int, lambda value: value >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
 non_negative_float = _number_type(float, lambda value: math.isfinite(value) and value >= 0, "a number >= 0")
+unit_budget = _number_type(float, lambda value: math.isfinite(value) and 0 < value <= 1, "a number in (0, 1]")
 
 
 RECON_WEIGHT_GONE = ("--recon-weight meant two things and was removed: use --recon-loss-weight (train: the weight of "

@@ -129,6 +129,11 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     from capsrobust.sweep import run_sweep
 
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
+    for model in under_test:  # an adversarially trained model attacked beyond its training budget
+        threat = model.card.get("threat_model") or {}
+        if threat.get("norm") == config.norm and max(config.eps_values) > threat.get("eps", 1):
+            err_console.print(f"warning: eps {max(config.eps_values):g} exceeds the eps {threat['eps']:g} "
+                              f"{model.id} was adversarially trained for ({threat['method']})", highlight=False)
     # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same second.
     out_dir = new_directory(args.output or "capsrobust-output",
                             report.output_dir_name(command, [m.id for m in under_test], dataset.name, config))

@@ -15,6 +15,7 @@ def run(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from capsrobust.cards import threat_model_summary
     from capsrobust.console import console
     from capsrobust.models import create_model, get_model_spec, list_models
     from capsrobust.store import ModelStore
@@ -31,7 +32,8 @@ def run(args) -> int:
     entries = store.entries(verify=True)
     trained = Table(title=f"trained models in {store.models_dir}")
     trained.add_column("id", no_wrap=True)
-    for column in ("model", "data set", "epochs", "val acc", "test acc", "backend", "trained", "status"):
+    for column in ("model", "data set", "trained against", "epochs", "val acc", "test acc", "backend", "trained",
+                   "status"):
         trained.add_column(column)
     for entry in entries:
         # A broken entry's card may hold anything: show only what a healthy card guarantees.
@@ -39,7 +41,9 @@ def run(args) -> int:
         metrics, training, data = card.get("metrics", {}), card.get("training", {}), card.get("dataset", {})
         status = "[red]broken[/]" if entry.problem else "[green]ok[/]"
         source = " (subset)" if data.get("source") == "subset" else ""
-        trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", str(training.get("epochs_completed", "")),
+        threat = card.get("threat_model")
+        trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", threat_model_summary(threat) or "-",
+                        str(training.get("epochs_completed", "")),
                         _fraction(metrics.get("val_accuracy")), _fraction(metrics.get("test_accuracy")),
                         card.get("backend", ""), card.get("created", "")[:16].replace("T", " "), status)
     if entries:

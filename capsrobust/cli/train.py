@@ -5,7 +5,11 @@ import dataclasses
 import shlex
 
 from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, config_item,
-                                 non_negative_int, positive_float, positive_int)
+                                 non_negative_float, non_negative_int, positive_float, positive_int, unit_budget)
+
+# `capsrobust.training.adversarial.METHODS`, written out so that building the parser imports no Keras (a test
+# checks the two agree).
+ADVERSARIAL_METHODS = ("pgd", "fgsm-rs", "trades")
 
 HELP = "train a model from the registry and save it in the trained-model store"
 EXAMPLES = """examples:
@@ -17,6 +21,9 @@ EXAMPLES = """examples:
   capsrobust train mnist --resume                           continue the newest interrupted mnist run
   capsrobust train mnist --devices 2                        data parallel over two GPUs (or a CPU split in two)
   capsrobust train smallnorb --data-dir ~/data --model cnn-small --epochs 5
+  capsrobust train mnist --model cnn-small --adversarial pgd --eps 0.3      Madry et al. (2018), PGD-7 in each step
+  capsrobust train mnist --model capsnet-small --adversarial fgsm-rs --eps 0.3   Wong et al. (2020)
+  capsrobust train mnist --model cnn-small --adversarial trades --beta 6    Zhang et al. (2019)
 """
 
 
@@ -58,6 +65,17 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
                        help="continue an interrupted run: the newest unfinished one for this data set (and "
                             "--model, if given), or the run id RUN; its saved settings are used, --epochs extends it")
+    adversarial = parser.add_argument_group("adversarial training (attacks made inside the compiled train step)")
+    adversarial.add_argument("--adversarial", choices=ADVERSARIAL_METHODS, metavar="METHOD",
+                             help="pgd (Madry et al. 2018), fgsm-rs (one step of 1.25 eps from a uniform random "
+                                  "start, Wong et al. 2020) or trades (CE + beta KL, Zhang et al. 2019)")
+    adversarial.add_argument("--eps", type=unit_budget, help="L-inf budget in (0, 1] on [0, 1] pixels (default 0.3)")
+    adversarial.add_argument("--attack-steps", type=positive_int, metavar="N",
+                             help="pgd and trades: attack iterations per training step, each 2.5 eps / N "
+                                  "(default 7; Madry et al. used 40 x 0.01)")
+    adversarial.add_argument("--beta", type=non_negative_float, help="trades: weight of the KL term (default 6)")
+    adversarial.add_argument("--eps-warmup", type=non_negative_int, metavar="EPOCHS",
+                             help="raise eps linearly from 0 over the first EPOCHS epochs (default 0)")
     add_data_args(parser)
     add_store_arg(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -109,7 +127,9 @@ def train_model(args):
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
-                                 early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices)
+                                 early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices,
+                                 adversarial=args.adversarial, eps=args.eps, attack_steps=args.attack_steps,
+                                 beta=args.beta, eps_warmup=args.eps_warmup)
         spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
                 "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size},
                 "command": shlex.join(["capsrobust", *args.argv])}  # for the card: how to train it again
@@ -119,6 +139,10 @@ def train_model(args):
     dataset = load_dataset(spec.get("dataset", {}).get("name", args.dataset), data_dir=args.data_dir,
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     if run_dir is None:
+        if settings.adversarial is not None:
+            from capsrobust.training.adversarial import check_pixel_range
+
+            check_pixel_range(dataset)
         spec["config"] = _fit_config(spec["model"], overrides, dataset)
         create_model(spec["model"], **spec["config"])  # a value the model rejects fails here, not in a new run
         spec["dataset"] = dataset.describe()
@@ -177,6 +201,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
     from capsrobust.training import fit
+    from capsrobust.training.adversarial import GUARD_STEPS, pgd_accuracy
 
     try:
         result = fit(spec["model"], spec["config"], dataset, settings, run_dir, console=progress_console)
@@ -187,6 +212,16 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                               f"`capsrobust train {dataset.name} --resume {run_dir.name}`") from None
     test_accuracy = accuracy(result.model, dataset.x_test, dataset.y_test)
     state = result.state
+    threat = settings.threat_model()
+    metrics = {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
+               "test_images": len(dataset.x_test)}
+    if threat is not None:
+        # A training check on the first 1,000 test images, not an evaluation: `capsrobust attack` is that.
+        images, labels = dataset.x_test[:1000], dataset.y_test[:1000]
+        metrics.update({"val_pgd_accuracy": state.best_val_robust_accuracy,
+                        "test_pgd_accuracy": pgd_accuracy(result.model, images, labels, threat.eps, GUARD_STEPS),
+                        "test_pgd_images": len(images),
+                        "pgd_check": f"PGD-{GUARD_STEPS}, step 0.25 eps, one random start, loss as in training"})
     detector = None
     if result.model.has_decoder and len(dataset.x_val):
         detector = ReconstructionDetector.fit(reconstruction_distances(result.model, dataset.x_val)).to_dict()
@@ -196,9 +231,8 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                   "best_epoch": state.best_epoch, "stop_reason": state.stop_reason,
                   "seconds": round(state.seconds, 1), "images_per_second": round(result.images_per_second, 1),
                   "history": state.history},
-        metrics={"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
-                 "test_images": len(dataset.x_test)},
-        detector=detector, command=spec.get("command"))
+        metrics=metrics, detector=detector, command=spec.get("command"),
+        threat_model=None if threat is None else threat.to_dict())
     try:
         entry = store.publish(run_dir, result.model, card)
     except StoreError as error:
@@ -207,9 +241,13 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     table = Table(title=f"trained {entry.id}")
     for column in ("model", "data set", "epochs", "best epoch", "val accuracy", "test accuracy", "img/s", "time"):
         table.add_column(column)
-    table.add_row(spec["model"], f"{dataset.name} ({dataset.source})", str(state.epoch), str(state.best_epoch),
-                  f"{state.best_val_accuracy:.4f}", f"{test_accuracy:.4f}", f"{result.images_per_second:.0f}",
-                  f"{state.seconds:.0f}s")
+    row = [spec["model"], f"{dataset.name} ({dataset.source})", str(state.epoch), str(state.best_epoch),
+           f"{state.best_val_accuracy:.4f}", f"{test_accuracy:.4f}", f"{result.images_per_second:.0f}",
+           f"{state.seconds:.0f}s"]
+    if threat is not None:
+        table.add_column(f"test PGD-{GUARD_STEPS} eps {threat.eps:g}")
+        row.append(f"{metrics['test_pgd_accuracy']:.4f} ({metrics['test_pgd_images']})")
+    table.add_row(*row)
     console.print(table)
     console.print(f"stored in {entry.path}")
     return entry

@@ -52,6 +52,9 @@ class CapsrobustModel(keras.Model):
                                                                                 name="decoder")
         self.recon_weight = float(recon_weight)
         self.accuracy_metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        # Set by the trainer for adversarial training (`capsrobust.training.adversarial.AdversarialObjective`):
+        # `(model, inputs, labels, outputs) -> scalar` replaces the mean training loss while training.
+        self.training_objective = None
 
     @property
     def has_decoder(self) -> bool:
@@ -100,6 +103,8 @@ class CapsrobustModel(keras.Model):
         return loss
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if training and self.training_objective is not None and isinstance(x, dict) and "eps" in x:
+            return scale_for_replicas(self.training_objective(self, x, y, y_pred))
         images, _ = split_inputs(x)
         return scale_for_replicas(ops.mean(self.loss_per_example(images, y, y_pred)))
 

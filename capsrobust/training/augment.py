@@ -1,6 +1,7 @@
 """Shift and crop augmentation and the seeded batch stream the trainer feeds to `keras.Model.fit`."""
 
 import math
+from typing import Callable
 
 import keras
 import numpy as np
@@ -64,10 +65,15 @@ class ShiftedBatches(keras.utils.PyDataset):
     With `multiple_of` (`capsrobust.training.distribute.batch_multiple`: the replica count under JAX, which shards
     every batch evenly over the devices), every batch holds a multiple of that many images: the last batch drops its
     remainder, which falls on different images each epoch.
+
+    With `eps_at` (adversarial training: `(epoch, batch) -> eps`), the inputs also hold `"eps"`, `(batch_size,)`, the
+    batch's budget, and `"start"`, the random start: uniform noise in [-1, 1] shaped like the images, drawn from
+    `(seed, epoch, batch)` apart from the augmentation's draws (`capsrobust.training.adversarial`).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,
-                 seed: int, crop: int | None = None, multiple_of: int = 1):
+                 seed: int, crop: int | None = None, multiple_of: int = 1,
+                 eps_at: Callable[[int, int], float] | None = None):
         super().__init__()
         self.images = images
         self.multiple_of = multiple_of
@@ -77,6 +83,7 @@ class ShiftedBatches(keras.utils.PyDataset):
         self.max_shift = max_shift
         self.seed = seed
         self.crop = crop
+        self.eps_at = eps_at
         self.epoch = 0
         self.non_finite_batch: tuple[int, int] | None = None  # (epoch, batch), from 1, of the first NaN/Inf batch
         self._order_cache: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=int))
@@ -103,4 +110,9 @@ class ShiftedBatches(keras.utils.PyDataset):
         # would reach the user as a TensorFlow traceback).
         if self.non_finite_batch is None and not (np.isfinite(images).all() and np.isfinite(labels).all()):
             self.non_finite_batch = (self.epoch + 1, index + 1)
-        return {"image": images, "label": labels}, labels
+        inputs = {"image": images, "label": labels}
+        if self.eps_at is not None:
+            start = np.random.default_rng([self.seed, self.epoch, index, 1]).uniform(-1.0, 1.0, images.shape)
+            inputs["eps"] = np.full(len(rows), self.eps_at(self.epoch, index), dtype="float32")
+            inputs["start"] = start.astype("float32")
+        return inputs, labels

@@ -12,7 +12,10 @@ import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from capsrobust.errors import StoreError
+from capsrobust.training.adversarial import GUARD_STEPS, collapsed, pgd_accuracy
 from capsrobust.training.checkpoint import RunState, save_checkpoint
+
+ROBUST_ACCURACY = "val_pgd_accuracy"  # the epoch log of `RobustnessGuard`
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -95,14 +98,18 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state: the run state, updated in place.
         guard: the `NanGuard`; an epoch during which it tripped is not checkpointed.
         patience: stop when validation accuracy has not improved for this many epochs (None: never).
+        monitor: the epoch log that picks the best epoch: `"val_accuracy"`, or `ROBUST_ACCURACY` for adversarial
+            training (Wong et al. 2020 keep the epoch of best PGD accuracy, as Rice et al. 2020 advise).
     """
 
-    def __init__(self, run_dir, state: RunState, guard: NanGuard, patience: int | None = None):
+    def __init__(self, run_dir, state: RunState, guard: NanGuard, patience: int | None = None,
+                 monitor: str = "val_accuracy"):
         super().__init__()
         self.run_dir = run_dir
         self.state = state
         self.guard = guard
         self.patience = patience
+        self.monitor = monitor
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -117,7 +124,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state.seconds += time.perf_counter() - self._started
         state.history.append({"epoch": epoch + 1, **logs})
         val_accuracy = logs.get("val_accuracy", logs.get("accuracy", 0.0))
-        if val_accuracy > state.best_val_accuracy:
+        if self.monitor == ROBUST_ACCURACY:
+            if logs.get(ROBUST_ACCURACY, -1.0) > state.best_val_robust_accuracy:
+                state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
+                state.best_val_robust_accuracy = logs[ROBUST_ACCURACY]
+        elif val_accuracy > state.best_val_accuracy:
             state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
         if self.patience is not None and state.epochs_since_best >= self.patience:
             state.stop_reason = f"early stopping: no validation improvement for {self.patience} epochs"
@@ -128,6 +139,49 @@ class EpochCheckpoint(keras.callbacks.Callback):
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was kept"
             raise StoreError(f"cannot write the checkpoint of epoch {epoch + 1} in {self.run_dir}: "
                              f"{error.strerror or error}; {kept}") from None
+
+
+class RobustnessGuard(keras.callbacks.Callback):
+    """Adversarial training's watch for catastrophic overfitting (Wong, Rice & Kolter 2020): after every epoch, PGD-10
+    accuracy on a fixed batch of held-out images; on a collapse, stop and say which epoch's weights are kept.
+
+    Single-step (FGSM) training can lose all of its PGD accuracy within an epoch while its FGSM accuracy climbs. The
+    epoch's accuracy goes into the logs as `ROBUST_ACCURACY` (so the checkpoint records it and picks the best epoch
+    by it); a collapse (`capsrobust.training.adversarial.collapsed`) stops the run, and the trainer loads the best
+    epoch's weights when it ends, as after any run.
+
+    Args:
+        images: `(n, height, width, channels)`, the fixed batch.
+        labels: `(n,)` class indices.
+        eps: the threat model's budget (the full one, also during an eps warm-up).
+        state: the run state (its history holds earlier epochs' accuracies, a resumed run's too).
+        nan_guard: the `NanGuard`; nothing is measured after it tripped.
+        seed: seeds the attack's random start (the same every epoch).
+
+    Attributes:
+        collapse: `(epoch, best_epoch, best, accuracy)` once it tripped, else None.
+    """
+
+    def __init__(self, images, labels, eps: float, state: RunState, nan_guard: NanGuard, seed: int = 0):
+        super().__init__()
+        self.images, self.labels, self.eps = images, labels, float(eps)
+        self.state, self.nan_guard, self.seed = state, nan_guard, seed
+        self.collapse: tuple[int, int, float, float] | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_guard.tripped_at is not None or logs is None:
+            return
+        accuracy = pgd_accuracy(self.model, self.images, self.labels, self.eps, GUARD_STEPS, seed=self.seed)
+        logs[ROBUST_ACCURACY] = accuracy
+        earlier = [(h.get(ROBUST_ACCURACY, -1.0), h["epoch"]) for h in self.state.history]
+        best, best_epoch = max(earlier, default=(-1.0, 0))
+        if collapsed(best, accuracy):
+            self.collapse = (epoch + 1, best_epoch, best, accuracy)
+            self.state.stop_reason = (
+                f"catastrophic overfitting at epoch {epoch + 1}: PGD-{GUARD_STEPS} accuracy on {len(self.images)} "
+                f"held-out images fell from {best:.3f} (epoch {best_epoch}) to {accuracy:.3f}; stopped, and kept the "
+                f"weights of epoch {self.state.best_epoch}")
+            self.model.stop_training = True
 
 
 class MarginSchedule(keras.callbacks.Callback):

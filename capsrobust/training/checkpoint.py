@@ -32,6 +32,7 @@ class RunState:
     epoch: int = 0
     best_epoch: int = 0
     best_val_accuracy: float = -1.0
+    best_val_robust_accuracy: float = -1.0  # adversarial training: PGD accuracy of the best epoch, which it picks
     history: list = field(default_factory=list)
     finished: bool = False
     stop_reason: str = ""

@@ -12,8 +12,10 @@ import numpy as np
 from capsrobust.data import Dataset
 from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
+from capsrobust.training.adversarial import GUARD_IMAGES, AdversarialObjective, ThreatModel, check_pixel_range
 from capsrobust.training.augment import ShiftedBatches
-from capsrobust.training.callbacks import EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard, RichProgress
+from capsrobust.training.callbacks import (ROBUST_ACCURACY, EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard,
+                                           RichProgress, RobustnessGuard)
 from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
 from capsrobust.training.distribute import batch_multiple, resolve_strategy, scope
@@ -34,6 +36,11 @@ class TrainSettings:
         early_stopping: stop after this many epochs without a better validation accuracy (None: never).
         strategy: data parallelism, one of `capsrobust.training.distribute.STRATEGIES`; `batch_size` is global.
         devices: how many devices `mirrored` uses (None: all local ones).
+        adversarial: adversarial training method, one of `capsrobust.training.adversarial.METHODS` (None: plain).
+        eps: its L-inf budget, in (0, 1] (default 0.3, MNIST's standard).
+        attack_steps: attack iterations per step (default: pgd and trades 7, fgsm-rs 1).
+        beta: TRADES's weight of the KL term (default 6).
+        eps_warmup: epochs over which eps rises linearly from 0 (default 0: none).
     """
 
     epochs: int = 30
@@ -45,9 +52,15 @@ class TrainSettings:
     early_stopping: int | None = None
     strategy: str = "auto"
     devices: int | None = None
+    adversarial: str | None = None
+    eps: float | None = None
+    attack_steps: int | None = None
+    beta: float | None = None
+    eps_warmup: int | None = None
 
     def __post_init__(self):
         resolve_strategy(self.strategy, self.devices)
+        self.threat_model()  # a bad combination fails here, in one line
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("learning_rate", 0 < self.learning_rate < 1), ("lr_decay", 0 < self.lr_decay <= 1),
                   ("max_shift", 0 <= self.max_shift <= 8), ("seed", self.seed >= 0),
@@ -56,6 +69,23 @@ class TrainSettings:
             value = getattr(self, name)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
                 raise ConfigError(f"invalid training setting. Received: {name}={value!r}")
+
+    def threat_model(self) -> ThreatModel | None:
+        """What the run trains against, or None for plain training.
+
+        Raises:
+            ConfigError: an unknown method, a value out of range, or attack options without a method.
+        """
+        options = {"eps": self.eps, "attack_steps": self.attack_steps, "beta": self.beta,
+                   "eps_warmup": self.eps_warmup}
+        if self.adversarial is None:
+            given = [f"{name}={value!r}" for name, value in options.items() if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to adversarial training: add --adversarial "
+                                  f"pgd|fgsm-rs|trades")
+            return None
+        return ThreatModel.create(self.adversarial, 0.3 if self.eps is None else self.eps, self.attack_steps,
+                                  self.beta, self.eps_warmup or 0)
 
 
 @dataclass
@@ -118,6 +148,9 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     for split in ("x_train", "x_val"):
         if not np.isfinite(getattr(dataset, split)).all():
             raise ConfigError(f"{dataset.name} {split} contains NaN or Inf pixels; refusing to train on it")
+    threat = settings.threat_model()
+    if threat is not None:
+        check_pixel_range(dataset)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(settings.seed)
@@ -126,6 +159,11 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
                                  settings.max_shift, settings.seed, crop=dataset.train_crop,
                                  multiple_of=batch_multiple(replicas))
+        if threat is not None:
+            # The attack is made in the compiled train step (`CapsrobustModel.compute_loss`), at the eps each
+            # batch carries.
+            batches.eps_at = lambda epoch, batch: threat.eps_at(epoch, batch, len(batches))
+            model.training_objective = AdversarialObjective(threat)
         schedule = keras.optimizers.schedules.ExponentialDecay(settings.learning_rate, decay_steps=len(batches),
                                                                decay_rate=settings.lr_decay, staircase=True)
         model.compile(optimizer=keras.optimizers.Adam(schedule), jit_compile="auto")
@@ -135,7 +173,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         if state.epoch:
             restore_checkpoint(run_dir, model, state)
         if not state.finished and state.epoch < settings.epochs:
-            _run_epochs(model, dataset, settings, run_dir, state, batches, console)
+            _run_epochs(model, dataset, settings, run_dir, state, batches, console, threat)
         state.finished = True
         state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
         save_state(run_dir, state)
@@ -151,9 +189,18 @@ def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> None:
+def _run_epochs(model, dataset, settings, run_dir, state, batches, console, threat=None) -> None:
     guard, relay = NanGuard(batches), InterruptRelay()
-    callbacks = [relay, guard, EpochCheckpoint(run_dir, state, guard, settings.early_stopping),
+    robustness = None
+    if threat is not None:
+        # Before the checkpoint: it adds the epoch's PGD accuracy to the logs the checkpoint records and picks the
+        # best epoch by. A fixed batch: validation images, or the first training images if none are held out.
+        images, labels = (dataset.x_val, dataset.y_val) if len(dataset.x_val) else (dataset.x_train, dataset.y_train)
+        robustness = RobustnessGuard(images[:GUARD_IMAGES], labels[:GUARD_IMAGES], threat.eps, state, guard,
+                                     seed=settings.seed)
+    monitor = "val_accuracy" if threat is None else ROBUST_ACCURACY
+    callbacks = [relay, guard, *([robustness] if robustness else []),
+                 EpochCheckpoint(run_dir, state, guard, settings.early_stopping, monitor=monitor),
                  keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
     if hasattr(model, "spread_margin"):
         # The ramp is fixed when the run starts and kept in its state, so a resume that extends --epochs continues
@@ -184,6 +231,8 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console) -> N
             relay.on_epoch_end(epoch)  # an interrupt swallowed after the last callback of the epoch
             if model.stop_training or guard.tripped_at is not None:
                 break
+    if robustness is not None and robustness.collapse and console is not None:
+        console.print(state.stop_reason, highlight=False)
     if guard.tripped_at is not None:
         epoch, batch = guard.tripped_at
         kept = f"kept the checkpoint of epoch {state.epoch} in {run_dir}" if state.epoch else "no epoch had completed"
