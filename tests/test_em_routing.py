@@ -175,3 +175,35 @@ def test_normalized_cost_standardises_activation_logits_over_parents():
     logits = np.log(activations) - np.log1p(-ops.convert_to_numpy(activations))  # lambda * (beta_a - z), lambda = 1
     np.testing.assert_allclose(logits.mean(axis=-1), 0.0, atol=1e-4)
     np.testing.assert_allclose(logits.std(axis=-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_routing_in_chunks_equals_routing_the_whole_batch(compiled):
+    """A batch whose votes exceed `chunk_votes_bytes` routes in rematerialised chunks: same values and gradients."""
+    rng = np.random.default_rng(0)
+    poses = tf.constant(rng.normal(size=(5, 5, 5, 3, 16)))
+    activations = tf.constant(rng.uniform(0.05, 0.95, size=(5, 5, 5, 3)))
+    whole = ConvMatrixCapsules(4, kernel=3, strides=1, iterations=2, temperatures=(0.5, 1.0), normalize_cost=True,
+                               dtype="float64")
+    chunked = ConvMatrixCapsules(4, kernel=3, strides=1, iterations=2, temperatures=(0.5, 1.0), normalize_cost=True,
+                                 dtype="float64", chunk_votes_bytes=2 * 9 * 27 * 4 * 16 * 8)  # 2 images' votes
+    for layer in (whole, chunked):
+        layer.build((poses.shape, activations.shape))
+    chunked.set_weights(whole.get_weights())
+    assert whole.chunk_size(5) is None and chunked.chunk_size(5) == 2  # 3 chunks, the last one padded
+
+    def values_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch([poses, activations])
+            outputs = layer((poses, activations))
+            scalar = tf.reduce_sum(outputs[0] * tf.sin(outputs[0])) + tf.reduce_sum(outputs[1] ** 2)
+        return [*outputs, *tape.gradient(scalar, [poses, activations, *layer.trainable_weights])]
+
+    run = tf.function(values_and_gradients) if compiled else values_and_gradients
+    for expected, actual in zip(run(whole), run(chunked)):
+        np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    # The votes are still V = P W, whatever layout the layer routes them in.
+    votes, _ = whole.votes((poses, activations))
+    child_poses = tf.reshape(whole._patches(poses), (5, 9, 27, 4, 4))
+    expected = tf.einsum("bpixy,ijyz->bpijxz", child_poses, whole.transforms)
+    np.testing.assert_allclose(votes.numpy(), tf.reshape(expected, votes.shape).numpy(), rtol=1e-12)

@@ -4,6 +4,8 @@ A capsule layer's output is a pair `(poses, activations)`: poses `(batch, height
 4x4 pose matrices, activations `(batch, height, width, types)` lie in (0, 1). Class capsules drop the spatial axes.
 """
 
+import math
+
 import keras
 import numpy as np
 from keras import ops
@@ -11,6 +13,9 @@ from keras import ops
 from capsrobust.em_routing import em_routing
 
 POSE = 4  # pose matrices are POSE x POSE
+# Convolutional capsules route at most this many bytes of votes at once (see `ConvMatrixCapsules`): em-capsnet's first
+# ConvCaps casts ~15 MB of votes per image, and its backward pass needs about a dozen tensors of that size.
+CHUNK_VOTES_BYTES = 128 << 20
 
 
 def _transforms_initializer():
@@ -66,22 +71,33 @@ class ConvMatrixCapsules(_RoutedCapsules):
 
     One 4x4 transformation matrix per (kernel offset, input type, output type), shared across positions; no padding.
 
+    Memory: the votes are `K * K * in_types * types * 16` floats per output position and image, about 15 MB per image
+    for the paper's first ConvCaps, and routing them forward and backward needs about a dozen tensors of their size.
+    So a batch whose votes exceed `chunk_votes_bytes` goes through votes and routing in chunks of images, one after
+    the other, each rematerialised (`keras.remat`): its votes are recomputed in the backward pass rather than kept.
+    Images route independently, so the results are those of one whole-batch call.
+
     Args:
         types: output capsule types.
         kernel: receptive field side `K`.
         strides: step between receptive fields.
         iterations, temperatures, normalize_cost, stop_gradient: EM routing settings (see
             `capsrobust.em_routing.em_routing`).
+        chunk_votes_bytes: the most bytes of votes routed at once; larger batches go in chunks of images.
 
     Input: `(poses (batch, H, W, in_types, 16), activations (batch, H, W, in_types))`.
     Output: `(poses (batch, H', W', types, 16), activations (batch, H', W', types))`, `H' = (H - K) // strides + 1`.
     """
 
     def __init__(self, types: int, kernel: int, strides: int, iterations: int = 3, temperatures=(1.0, 1.0),
-                 normalize_cost: bool = False, stop_gradient: bool = False, **kwargs):
+                 normalize_cost: bool = False, stop_gradient: bool = False, chunk_votes_bytes: int = CHUNK_VOTES_BYTES,
+                 **kwargs):
         super().__init__(types, iterations, temperatures, normalize_cost, stop_gradient, **kwargs)
         self.kernel = int(kernel)
         self.strides = int(strides)
+        if chunk_votes_bytes < 1:
+            raise ValueError(f"chunk_votes_bytes must be positive. Received: chunk_votes_bytes={chunk_votes_bytes}")
+        self.chunk_votes_bytes = int(chunk_votes_bytes)
 
     def build(self, input_shape):
         pose_shape = input_shape[0]
@@ -113,22 +129,59 @@ class ConvMatrixCapsules(_RoutedCapsules):
         patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5, *range(6, 6 + len(tail))))
         return ops.reshape(patches, (-1, self.out_height * self.out_width, k * k * self.in_types, *tail))
 
-    def votes(self, inputs):
+    def votes(self, inputs, transforms=None):
         """What EM routing receives at each output position: `(votes, child activations)`, shapes
-        `(batch, H' * W', K * K * in_types, types, 16)` and `(batch, H' * W', K * K * in_types)`."""
+        `(batch, H' * W', K * K * in_types, types, 16)` and `(batch, H' * W', K * K * in_types)`.
+
+        `transforms` stands in for the layer's own (`call` passes them in as tensors when it routes in chunks)."""
+        votes, child_activations = self._transposed_votes(inputs, transforms)
+        votes = ops.reshape(votes, (*ops.shape(votes)[:4], POSE, POSE))
+        return ops.reshape(ops.swapaxes(votes, -1, -2), (*ops.shape(votes)[:4], POSE * POSE)), child_activations
+
+    def _transposed_votes(self, inputs, transforms):
+        """`votes()` with each vote matrix transposed, `V^T = W^T P^T`: the product is then one broadcast matmul,
+        `(K * K * in_types, types * 4, 4) @ (batch, H' * W', K * K * in_types, 4, 4)`, whose result is already in
+        the routing's layout; the einsum of `V = P W` costs transposes of the votes' size (2.4x the time, forward and
+        backward, for em-capsnet-small). Routing treats the 16 pose entries alike, so it can route these instead."""
         poses, activations = inputs
-        child_poses = ops.reshape(self._patches(poses), (-1, self.out_height * self.out_width,
-                                                         self.kernel * self.kernel * self.in_types, POSE, POSE))
-        votes = ops.einsum("bpixy,ijyz->bpijxz", child_poses, self.transforms)
-        return ops.reshape(votes, (*ops.shape(votes)[:4], POSE * POSE)), self._patches(activations)
+        transforms = self.transforms if transforms is None else transforms
+        children = self.kernel * self.kernel * self.in_types
+        child_poses = ops.reshape(self._patches(poses), (-1, self.out_height * self.out_width, children, POSE, POSE))
+        transposed = ops.reshape(ops.swapaxes(transforms, -1, -2), (children, self.types * POSE, POSE))  # (i, j z, y)
+        votes = ops.matmul(transposed, ops.swapaxes(child_poses, -1, -2))  # (b, P, i, j z, x)
+        return ops.reshape(votes, (-1, *votes.shape[1:3], self.types, POSE * POSE)), self._patches(activations)
+
+    def chunk_size(self, batch: int | None) -> int | None:
+        """Images per chunk for a batch of `batch` (None: unknown until run time), or None to route it whole."""
+        per_image = len(self.child_ids) * self.types * POSE * POSE * np.dtype(self.compute_dtype).itemsize
+        most = max(1, self.chunk_votes_bytes // per_image)
+        if batch is None:
+            return most
+        # As many chunks as needed, of equal size, so that padding the last one wastes little.
+        return None if batch <= most else math.ceil(batch / math.ceil(batch / most))
+
+    def route(self, poses, activations, transforms, beta_u, beta_a):
+        """Votes and EM routing of a whole batch, with the layer's weights passed in: `call` without the chunking."""
+        votes, child_activations = self._transposed_votes((poses, activations), transforms)
+        means, parent_activations, _ = em_routing(votes, child_activations, beta_u, beta_a, self.iterations,
+                                                  self.temperatures, self.child_ids, self.num_children,
+                                                  self.normalize_cost, self.stop_gradient)
+        shape = (-1, self.out_height, self.out_width, self.types)
+        means = ops.swapaxes(ops.reshape(means, (*shape, POSE, POSE)), -1, -2)  # the mean of V^T is mu^T
+        return ops.reshape(means, (*shape, POSE * POSE)), ops.reshape(parent_activations, shape)
 
     def call(self, inputs):
-        votes, child_activations = self.votes(inputs)
-        means, parent_activations, _ = em_routing(votes, child_activations, self.beta_u, self.beta_a,
-                                                  self.iterations, self.temperatures, self.child_ids,
-                                                  self.num_children, self.normalize_cost, self.stop_gradient)
-        shape = (-1, self.out_height, self.out_width, self.types)
-        return ops.reshape(means, (*shape, POSE * POSE)), ops.reshape(parent_activations, shape)
+        # The weights enter as tensors: TensorFlow cannot rematerialise reads of variables inside a loop.
+        weights = [ops.convert_to_tensor(w) for w in (self.transforms, self.beta_u, self.beta_a)]
+        chunk = self.chunk_size(inputs[0].shape[0])
+        if chunk is None:
+            return self.route(*inputs, *weights)
+        route = _rematerialise(self.route)
+
+        def route_chunk(chunked):
+            return route(*chunked, *weights)
+
+        return map_in_chunks(route_chunk, inputs, chunk)
 
 
 class ClassMatrixCapsules(_RoutedCapsules):
@@ -189,6 +242,50 @@ class ClassMatrixCapsules(_RoutedCapsules):
 
     def call(self, inputs):
         return self.route(*self.votes(inputs))
+
+
+def _rematerialise(function):
+    """`keras.remat(function)`, except in eager TensorFlow, where `tf.recompute_grad` counts the gradients of the
+    function's arguments twice (TensorFlow 2.21) and where nothing is compiled to save memory in anyway."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.executing_eagerly():
+            return function
+    return keras.remat(function)
+
+
+def _sequential_map(function, inputs):
+    """`keras.ops.map` over a tuple, one element after another: TensorFlow's `map_fn` would otherwise run up to 10
+    elements at once in a graph, holding all their memory. `function` returns as many tensors as it receives."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.map_fn(function, inputs, parallel_iterations=1)
+    return ops.map(function, inputs)
+
+
+def map_in_chunks(function, inputs, chunk: int):
+    """`function(inputs)` computed on chunks of `chunk` items along the batch axis, one chunk after another.
+
+    Args:
+        function: maps a tuple of tensors with a leading batch axis to a tuple of as many tensors, of the same dtypes,
+            with the same batch axis, treating the items of the batch independently.
+        inputs: a tuple of tensors `(batch, ...)`.
+        chunk: items per chunk; the batch is padded with zeros to a multiple of it.
+
+    Returns:
+        `function(inputs)`.
+    """
+    batch = ops.shape(inputs[0])[0]
+    padding = (-batch) % chunk
+
+    def split(x):
+        x = ops.pad(x, [(0, padding)] + [(0, 0)] * (len(x.shape) - 1))
+        return ops.reshape(x, (-1, chunk, *x.shape[1:]))
+
+    outputs = _sequential_map(function, tuple(split(x) for x in inputs))
+    return tuple(ops.reshape(y, (-1, *y.shape[2:]))[:batch] for y in outputs)
 
 
 def receptive_field_centres(image_shape, layers) -> np.ndarray:
