@@ -81,10 +81,12 @@ def to_device(arrays: Sequence[np.ndarray]) -> list:
     return [keras.ops.convert_to_tensor(a) for a in arrays]
 
 
-def training_steps(name: str, dataset, batch_size: int, steps: int) -> Callable[[], None]:
+def training_steps(name: str, dataset, batch_size: int, steps: int, threat=None) -> Callable[[], None]:
     """`steps` optimizer steps of model `name` on shift-augmented batches, fed and compiled as the trainer does.
 
     The model is built with seed 0 and its first (compiling) step has run, so every call of the result is timed work.
+    With `threat` (a `capsrobust.training.adversarial.ThreatModel`), each step is adversarial training's, the attack
+    made inside it, as the trainer sets it up.
     """
     from capsrobust.models import create_model
     from capsrobust.training import seed_everything
@@ -94,6 +96,11 @@ def training_steps(name: str, dataset, batch_size: int, steps: int) -> Callable[
     model = create_model(name)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
     batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, batch_size, max_shift=2, seed=0)
+    if threat is not None:
+        from capsrobust.training.adversarial import AdversarialObjective
+
+        model.training_objective = AdversarialObjective(threat)
+        batches.eps_at = lambda epoch, batch: threat.eps
     fed = [batches[i] for i in range(steps)]
     model.train_on_batch(*fed[0])
 

@@ -70,6 +70,26 @@ def training_table(entries: list[dict]) -> Table:
     return table
 
 
+def adversarial_table(entries: list[dict]) -> Table:
+    """Images/s of adversarial training per model, one column per method, beside plain training from the same run."""
+    latest = max(entry["run"] for entry in entries)
+    methods = list(dict.fromkeys(entry["variant"] for entry in entries if entry["run"] == latest))
+    table = Table(title="adversarial training throughput, images/s (slow-down vs plain)")
+    for column in ("model", *methods):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for (run, case), variants in _paired(entries):
+        if run != latest:
+            continue
+        plain = variants.get("plain", {}).get("images_per_second")
+        cells = []
+        for method in methods:
+            speed = variants.get(method, {}).get("images_per_second")
+            ratio = f" ({_ratio(plain, speed)})" if method != "plain" and plain and speed else ""
+            cells.append(f"{_rate(speed)}{ratio}" if speed else "—")
+        table.add_row(case, *cells)
+    return table
+
+
 def backend_table(entries: list[dict]) -> Table:
     """Images/s per model and measure (train, FGSM, PGD-100), one column per backend, from each backend's latest run."""
     backends = [b for b in ("tensorflow", "jax", "torch") if any(e["variant"] == b for e in entries)]
@@ -113,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     by_suite: dict = defaultdict(list)
     for entry in stored["results"].values():
         by_suite[entry["suite"]].append(entry)
-    tables = {"routing": kernel_table, "attack": attack_table, "training": training_table, "backend": backend_table}
+    tables = {"routing": kernel_table, "attack": attack_table, "training": training_table, "backend": backend_table,
+              "adversarial": adversarial_table}
     for suite, build in tables.items():
         if by_suite.get(suite):
             console.print(build(by_suite[suite]))

@@ -7,6 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+# ART sets up logging handlers on sys.stderr when first imported: imported at collection, they hold the real stderr,
+# not the capture buffer of the CLI test below (see tests/faults/conftest.py).
+import capsrobust.sweep  # noqa: F401
 from capsrobust.cards import build_card, card_problem, seal, threat_model_summary
 from capsrobust.errors import ConfigError
 from capsrobust.models import create_model, model_config
@@ -206,3 +209,57 @@ def test_tampered_threat_models_are_reported(change, problem):
 def test_a_version_1_card_cannot_hold_a_threat_model():
     card = {**_card(ThreatModel.create("pgd", eps=0.3).to_dict()), "version": 1}
     assert "card version 1 cannot hold a threat_model" in card_problem(card)
+
+
+@pytest.mark.slow
+def test_a_resumed_adversarial_run_equals_an_uninterrupted_one(mnist_subset, tmp_path):
+    """Random starts and the eps ramp come with the batches, keyed by (seed, epoch, batch): a resume redraws them."""
+    import json
+
+    data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:256], y_train=mnist_subset.y_train[:256],
+                               x_val=mnist_subset.x_val[:64], y_val=mnist_subset.y_val[:64])
+    config = model_config("cnn-small")
+
+    def settings(epochs):
+        return TrainSettings(epochs=epochs, batch_size=64, seed=3, adversarial="fgsm-rs", eps=0.3, eps_warmup=2)
+
+    straight = fit("cnn-small", config, data, settings(2), tmp_path / "a")
+    fit("cnn-small", config, data, settings(1), tmp_path / "b")
+    state = load_state(tmp_path / "b")
+    state.finished = False
+    (tmp_path / "b" / "state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    resumed = fit("cnn-small", config, data, settings(2), tmp_path / "b")
+    assert resumed.state.history == straight.state.history
+    assert all("val_pgd_accuracy" in h for h in resumed.state.history)
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pixels_outside_the_unit_interval_are_refused(mnist_subset, tmp_path):
+    standardised = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:64] * 2 - 1)
+    with pytest.raises(ConfigError, match=r"needs pixels in \[0, 1\].*pixels in \[-1, 1\]"):
+        fit("cnn-small", model_config("cnn-small"), standardised, TrainSettings(adversarial="pgd"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_attacks_beyond_the_trained_eps_warn_in_one_line(tmp_path, capsys):
+    from capsrobust.cli import main
+    from capsrobust.store import ModelStore
+
+    store = ModelStore(tmp_path / "store")
+    spec = {"model": "cnn-small", "config": model_config("cnn-small"), "dataset": {"name": "mnist", "source": "subset"}}
+    card = {**spec, "family": "cnn", "threat_model": ThreatModel.create("pgd", eps=0.3).to_dict("logits")}
+    entry = store.publish(store.new_run(spec), create_model("cnn-small"), card)
+    assert store.entries()[0].card["threat_model"]["eps"] == 0.3 and "pgd-7 eps 0.3" in threat_model_summary(
+        store.entries()[0].card["threat_model"])
+
+    def attack(eps):
+        capsys.readouterr()
+        status = main(["attack", "--model", entry.id, "--method", "fgsm", "--eps", eps, "--limit", "4",
+                       "--no-checks", "--store", str(store.root), "--output", str(tmp_path / "out")])
+        return status, capsys.readouterr().err
+
+    status, err = attack("0.3,0.4")  # warned once, for the largest
+    assert status == 0
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"warning: eps 0.4 exceeds the eps 0.3 {entry.id} was adversarially trained for (pgd)"]

@@ -232,7 +232,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
                   "seconds": round(state.seconds, 1), "images_per_second": round(result.images_per_second, 1),
                   "history": state.history},
         metrics=metrics, detector=detector, command=spec.get("command"),
-        threat_model=None if threat is None else threat.to_dict())
+        threat_model=None if threat is None else threat.to_dict(result.model.score_kind))
     try:
         entry = store.publish(run_dir, result.model, card)
     except StoreError as error:

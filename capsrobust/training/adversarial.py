@@ -34,6 +34,8 @@ DEFAULT_STEPS = {"pgd": 7, "fgsm-rs": 1, "trades": 7}
 DEFAULT_BETA = 6.0  # Zhang et al. (2019) on MNIST and CIFAR-10
 PGD_STEP_FACTOR = 2.5  # step = 2.5 eps / steps (Madry et al.'s rule of thumb, as in the attack suite)
 FGSM_RS_STEP_FACTOR = 1.25  # Wong et al. (2020): one step of 1.25 eps from a uniform random start
+ATTACK_LOSSES = {"logits": "cross-entropy", "lengths": "margin loss + cross-entropy on the capsule lengths",
+                 "activations": "spread loss + cross-entropy on the capsule activations"}  # `attack_objective`'s
 TRADES_START_SCALE = 0.001  # TRADES starts next to x (the KL term has zero gradient at x' = x)
 
 # Catastrophic-overfitting guard: PGD-10 on a fixed validation batch after every epoch.
@@ -102,10 +104,14 @@ class ThreatModel:
             return self.eps
         return self.eps * min(1.0, (epoch + (batch + 1) / batches) / self.eps_warmup)
 
-    def to_dict(self) -> dict:
-        """The card's `threat_model`: method, eps, steps, step size (in eps), norm, beta, eps warm-up."""
-        return {**asdict(self), "step_size": round(self.step_factor * self.eps, 6),
-                "attack_loss": "classification loss + cross-entropy on the scores (CNN: cross-entropy)"}
+    def to_dict(self, score_kind: str | None = None) -> dict:
+        """The card's `threat_model`: method, eps, steps, step size, norm, beta, eps warm-up, and the attack's loss
+        for a model whose scores are `score_kind` (`CapsrobustModel.score_kind`; None leaves it out)."""
+        record = {**asdict(self), "step_size": round(self.step_factor * self.eps, 6)}
+        if score_kind is not None:
+            record["attack_loss"] = ("KL(softmax(scores(x)) || softmax(scores(x')))" if self.method == "trades"
+                                     else ATTACK_LOSSES[score_kind])
+        return record
 
 
 def input_gradient(objective: Callable, images):
