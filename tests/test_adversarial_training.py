@@ -263,3 +263,25 @@ def test_attacks_beyond_the_trained_eps_warn_in_one_line(tmp_path, capsys):
     assert status == 0
     assert [line for line in err.splitlines() if "warning" in line] == [
         f"warning: eps 0.4 exceeds the eps 0.3 {entry.id} was adversarially trained for (pgd)"]
+
+
+@pytest.mark.slow
+def test_nan_in_an_adversarial_step_stops_and_keeps_the_last_good_checkpoint(mnist_subset, tmp_path, monkeypatch):
+    from capsrobust.errors import TrainingDiverged
+
+    data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:128], y_train=mnist_subset.y_train[:128],
+                               x_val=mnist_subset.x_val[:32], y_val=mnist_subset.y_val[:32])
+    clean_batch = ShiftedBatches.__getitem__
+
+    def poisoned_batch(self, index):  # the random starts of the second epoch turn NaN: so do x' and the loss
+        inputs, labels = clean_batch(self, index)
+        if self.epoch == 1:
+            inputs["start"] = inputs["start"] * np.float32("nan")
+        return inputs, labels
+
+    monkeypatch.setattr(ShiftedBatches, "__getitem__", poisoned_batch)
+    settings = TrainSettings(epochs=2, batch_size=64, adversarial="pgd", attack_steps=1)
+    with pytest.raises(TrainingDiverged, match="loss became NaN/Inf at epoch 2, batch 1; .*kept the checkpoint of "
+                                               "epoch 1"):
+        fit("cnn-small", model_config("cnn-small"), data, settings, tmp_path)
+    assert load_state(tmp_path).epoch == 1 and not list(tmp_path.glob("epoch-0002*"))
