@@ -201,7 +201,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
     from capsrobust.training import fit
-    from capsrobust.training.adversarial import GUARD_STEPS, pgd_accuracy
+    from capsrobust.training.adversarial import COLLAPSE, GUARD_STEPS, pgd_accuracy
 
     try:
         result = fit(spec["model"], spec["config"], dataset, settings, run_dir, console=progress_console)
@@ -249,6 +249,8 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
         row.append(f"{metrics['test_pgd_accuracy']:.4f} ({metrics['test_pgd_images']})")
     table.add_row(*row)
     console.print(table)
+    if threat is not None and progress_console is None and state.stop_reason.startswith(COLLAPSE):
+        console.print(state.stop_reason, highlight=False)  # without --quiet the trainer said it when it stopped
     console.print(f"stored in {entry.path}")
     return entry
 

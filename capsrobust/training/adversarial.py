@@ -43,6 +43,7 @@ GUARD_STEPS = 10
 GUARD_IMAGES = 256
 GUARD_MIN_BEST = 0.1  # below this, there is nothing to lose yet (early epochs, or a run at a hopeless eps)
 GUARD_FRACTION = 0.5  # collapse: robust accuracy below this fraction of the best epoch's
+COLLAPSE = "catastrophic overfitting"  # how a run's stop reason begins when the guard stopped it
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import keras
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from capsrobust.errors import StoreError
-from capsrobust.training.adversarial import GUARD_STEPS, collapsed, pgd_accuracy
+from capsrobust.training.adversarial import COLLAPSE, GUARD_STEPS, collapsed, pgd_accuracy
 from capsrobust.training.checkpoint import RunState, save_checkpoint
 
 ROBUST_ACCURACY = "val_pgd_accuracy"  # the epoch log of `RobustnessGuard`
@@ -178,7 +178,7 @@ class RobustnessGuard(keras.callbacks.Callback):
         if collapsed(best, accuracy):
             self.collapse = (epoch + 1, best_epoch, best, accuracy)
             self.state.stop_reason = (
-                f"catastrophic overfitting at epoch {epoch + 1}: PGD-{GUARD_STEPS} accuracy on {len(self.images)} "
+                f"{COLLAPSE} at epoch {epoch + 1}: PGD-{GUARD_STEPS} accuracy on {len(self.images)} "
                 f"held-out images fell from {best:.3f} (epoch {best_epoch}) to {accuracy:.3f}; stopped, and kept the "
                 f"weights of epoch {self.state.best_epoch}")
             self.model.stop_training = True
