@@ -179,7 +179,9 @@ def projected_gradient_ascent(climb: Callable, images, start, eps, step_factor: 
     eps = ops.reshape(ops.cast(eps, images.dtype), (-1, 1, 1, 1))
     low, high = ops.maximum(images - eps, 0.0), ops.minimum(images + eps, 1.0)
     adversarial = ops.clip(images + start, low, high)
-    for _ in range(steps):  # unrolled: 1-10 steps in training; a while loop would hide the tape under TensorFlow
+    # Unrolled: the same code traces on every backend (a backend loop would need the gradient call inside its body);
+    # the compiled step, and its compile time, grow with `steps`.
+    for _ in range(steps):
         gradient = input_gradient(climb, ops.stop_gradient(adversarial))
         adversarial = ops.clip(adversarial + step_factor * eps * ops.sign(gradient), low, high)
     return ops.stop_gradient(adversarial)
