@@ -41,7 +41,8 @@ TRADES_START_SCALE = 0.001  # TRADES starts next to x (the KL term has zero grad
 # Catastrophic-overfitting guard: PGD-10 on a fixed validation batch after every epoch.
 GUARD_STEPS = 10
 GUARD_IMAGES = 256
-GUARD_MIN_BEST = 0.1  # below this, there is nothing to lose yet (early epochs, or a run at a hopeless eps)
+GUARD_MIN_BEST = 2.0  # in units of chance: below twice chance there is nothing to lose yet (a model that predicts
+# one class scores chance, and a run stuck there may switch class and "fall" to half of it)
 GUARD_FRACTION = 0.5  # collapse: robust accuracy below this fraction of the best epoch's
 COLLAPSE = "catastrophic overfitting"  # how a run's stop reason begins when the guard stopped it
 
@@ -293,10 +294,11 @@ def check_pixel_range(dataset) -> None:
                           f"{dataset.name} has pixels in [{low:g}, {high:g}]")
 
 
-def collapsed(best: float, current: float) -> bool:
+def collapsed(best: float, current: float, num_classes: int = 10) -> bool:
     """Whether robust accuracy `current` is a collapse from `best` (catastrophic overfitting, Wong et al. 2020).
 
     A collapse is a fall below `GUARD_FRACTION` of the best epoch's accuracy, once that best is at least
-    `GUARD_MIN_BEST` (before that, there is nothing to lose and a noisy small figure would trip it).
+    `GUARD_MIN_BEST` times chance (`1 / num_classes`): before that there is nothing to lose, and a model stuck at
+    chance would trip it by switching the one class it predicts.
     """
-    return best >= GUARD_MIN_BEST and current < GUARD_FRACTION * best
+    return best >= GUARD_MIN_BEST / num_classes and current < GUARD_FRACTION * best

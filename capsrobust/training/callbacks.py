@@ -175,7 +175,7 @@ class RobustnessGuard(keras.callbacks.Callback):
         logs[ROBUST_ACCURACY] = accuracy
         earlier = [(h.get(ROBUST_ACCURACY, -1.0), h["epoch"]) for h in self.state.history]
         best, best_epoch = max(earlier, default=(-1.0, 0))
-        if collapsed(best, accuracy):
+        if collapsed(best, accuracy, self.model.num_classes):
             self.collapse = (epoch + 1, best_epoch, best, accuracy)
             self.state.stop_reason = (
                 f"{COLLAPSE} at epoch {epoch + 1}: PGD-{GUARD_STEPS} accuracy on {len(self.images)} "
