@@ -33,7 +33,8 @@ class TrainSettings:
         max_shift: shift augmentation, in pixels (the paper uses up to 2); unused on a data set with `train_crop`,
             whose training batches are random crops instead.
         seed: seeds weights, shuffling, augmentation and dropout.
-        early_stopping: stop after this many epochs without a better validation accuracy (None: never).
+        early_stopping: stop after this many epochs without a better validation accuracy (None: never); with
+            `adversarial`, validation PGD accuracy, which also picks the epoch whose weights the run keeps.
         strategy: data parallelism, one of `capsrobust.training.distribute.STRATEGIES`; `batch_size` is global.
         devices: how many devices `mirrored` uses (None: all local ones).
         adversarial: adversarial training method, one of `capsrobust.training.adversarial.METHODS` (None: plain).
