@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from capsrobust.io import atomic_path, write_json
+from capsrobust.io import atomic_path
 from capsrobust.store import model_name_of
-from capsrobust.sweep import CSV_COLUMNS, SweepResult, config_dict
+from capsrobust.sweep import CSV_COLUMNS, SweepResult
+from capsrobust.sweep.records import PARTIAL_FILE, write_record  # noqa: F401  (PARTIAL_FILE: for the commands)
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
@@ -23,33 +24,24 @@ def output_dir_name(command: str, model_ids: list[str], dataset: str, config) ->
     return re.sub(r"[^A-Za-z0-9_.,+-]", "_", name)[:200]
 
 
-PARTIAL_FILE = "sweep.partial.json"
-
-
 def write_partial(result: SweepResult, out_dir: Path, metadata: dict) -> Path:
-    """Writes the cells finished so far to `sweep.partial.json`, atomically; `write_results` removes it."""
-    path = out_dir / PARTIAL_FILE
-    write_json(path, {"config": config_dict(result.config), **metadata, "complete": False,
-                      "cells": [c.to_dict() for c in result.cells],
-                      "skipped": result.skipped})
-    return path
+    """Writes the cells finished so far, with their per-image outcomes, to `sweep.partial.json` and `outcomes.npz`
+    (atomically), from which `--resume` continues; `write_results` replaces them."""
+    return write_record(result, out_dir, metadata, complete=False)
 
 
 def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
-    """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically,
-    and removes the partial results of the same sweep."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
-                                        "cells": [c.to_dict() for c in result.cells], "worst_case": result.worst_case,
-                                        "skipped": result.skipped, "checks": result.checks, "noise": result.noise,
-                                        "verdicts": result.verdicts})
+    """Writes `sweep.json` (cells, worst case, checks, noise baselines, verdicts, config, metadata), the per-image
+    outcomes beside it and `sweep.csv` (cells), atomically, and removes the partial results of the same sweep."""
+    write_record(result, out_dir, metadata, complete=True,
+                 extra={"seconds": result.seconds, "worst_case": result.worst_case, "checks": result.checks,
+                        "noise": result.noise, "verdicts": result.verdicts})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(c.csv_row() for c in result.cells)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
-    (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
 
 def _pct(value) -> str:
