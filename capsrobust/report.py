@@ -53,13 +53,20 @@ def _num(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _with_ci(figure: str, interval, scale: float = 100, digits: int = 0) -> str:
+    """`figure` with its interval below it, compact: `37.6%` over `[30, 45]`."""
+    if not interval:
+        return figure
+    return f"{figure}\n[{scale * interval[0]:.{digits}f}, {scale * interval[1]:.{digits}f}]"
+
+
 def _ci(interval) -> str:
     """A 95% interval as `[low, high]` in percent, or a dash."""
     return "—" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def results_table(result: SweepResult, title: str, detection: bool = True) -> Table:
-    """One row per (model, attack, eps); accuracies with their 95% Wilson intervals."""
+    """One row per (model, attack, eps); every figure with its 95% interval (Wilson; bootstrap for the AUROC)."""
     table = Table(title=title)
     columns = ["model", "attack", "eps", "clean acc", "adv acc", "95% CI", "success", "L∞ mean", "L2 mean"]
     if detection:
@@ -69,11 +76,14 @@ def results_table(result: SweepResult, title: str, detection: bool = True) -> Ta
         table.add_column(column, justify="left" if column in ("model", "attack") else "right")
     for c in result.cells:
         row = [model_name_of(c.model_id), c.attack, f"{c.eps:g}", _pct(c.clean_accuracy),
-               _pct(c.adversarial_accuracy), _ci(c.adversarial_accuracy_ci), _pct(c.attack_success_rate),
-               _num(c.linf_mean, ".3f"), _num(c.l2_mean, ".2f")]
+               _pct(c.adversarial_accuracy), _ci(c.adversarial_accuracy_ci),
+               _with_ci(_pct(c.attack_success_rate), c.attack_success_rate_ci), _num(c.linf_mean, ".3f"),
+               _num(c.l2_mean, ".2f")]
         if detection:
-            row += [_pct(c.detector_fpr), _pct(c.detection_rate), _num(c.auroc, ".3f"),
-                    _pct(c.undetected_success_rate)]
+            row += [_with_ci(_pct(c.detector_fpr), c.detector_fpr_ci),
+                    _with_ci(_pct(c.detection_rate), c.detection_rate_ci),
+                    _with_ci(_num(c.auroc, ".3f"), c.auroc_ci, scale=1, digits=2),
+                    _with_ci(_pct(c.undetected_success_rate), c.undetected_success_rate_ci)]
         row.append(f"{c.seconds:.1f}s")
         table.add_row(*row)
     return table

@@ -11,7 +11,7 @@ import numpy as np
 
 from attacks import AttackParams
 from attacks.iterative import l2_norms
-from capsrobust.detection import auroc, reconstruction_distances
+from capsrobust.detection import auroc, auroc_interval, reconstruction_distances
 from capsrobust.models.base import RECONSTRUCTION, SCORES
 from capsrobust.models.predict import predict_batched
 from capsrobust.stats import mcnemar_exact, wilson_interval
@@ -73,7 +73,8 @@ def measure(step: Step, eps: float, config: SweepConfig, clean: CleanPass, attem
 
 def figures(outcome: Outcome, clean: CleanPass, threshold: float | None) -> dict:
     """A cell's figures (`Cell` fields) from its per-image outcome and the model's clean pass: the one place they
-    are computed, for a cell just run and for one merged from shards alike."""
+    are computed, for a cell just run and for one merged from shards alike. Every accuracy and rate has its 95%
+    Wilson interval (`*_ci`), the AUROC a bootstrap interval."""
     n, attacked = len(clean.correct), len(outcome.robust)
     robust = int(outcome.robust.sum())  # a clean mistake is never attacked and never robust
     values = dict(
@@ -82,7 +83,7 @@ def figures(outcome: Outcome, clean: CleanPass, threshold: float | None) -> dict
         clean_accuracy_ci=wilson_interval(int(clean.correct.sum()), n),
         adversarial_accuracy=robust / n if n else float("nan"),
         adversarial_accuracy_ci=wilson_interval(robust, n),
-        attack_success_rate=_mean(outcome.success),
+        **_rate("attack_success_rate", outcome.success),
         linf_mean=_mean(outcome.linf), linf_max=float(outcome.linf.max(initial=0.0)),
         l2_mean=_mean(outcome.l2), l2_max=float(outcome.l2.max(initial=0.0)),
         # Attacked images the attack never moved (a zero gradient) and the attack loss before and after: trust-check
@@ -94,11 +95,17 @@ def figures(outcome: Outcome, clean: CleanPass, threshold: float | None) -> dict
         else float(outcome.source_correct.sum() / n))
     if threshold is not None and outcome.distance is not None:
         flagged = outcome.distance > threshold
-        values.update(detector_threshold=threshold, detector_fpr=_mean(clean.distances > threshold),
-                      detection_rate=_mean(flagged[outcome.success]),
-                      auroc=auroc(clean.distances, outcome.distance[outcome.success]),
-                      undetected_success_rate=_mean(outcome.undetected(threshold)))
+        successful = outcome.distance[outcome.success]
+        values.update(detector_threshold=threshold, **_rate("detector_fpr", clean.distances > threshold),
+                      **_rate("detection_rate", flagged[outcome.success]),
+                      auroc=auroc(clean.distances, successful), auroc_ci=auroc_interval(clean.distances, successful),
+                      **_rate("undetected_success_rate", outcome.undetected(threshold)))
     return values
+
+
+def _rate(name: str, events: np.ndarray) -> dict:
+    """`{name: share of events, name_ci: its Wilson interval}`, None for both without any trial."""
+    return {name: _mean(events), f"{name}_ci": wilson_interval(int(np.sum(events)), len(events))}
 
 
 def roc_data(outcome: Outcome, clean: CleanPass) -> tuple[np.ndarray, np.ndarray] | None:

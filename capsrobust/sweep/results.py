@@ -29,13 +29,15 @@ class Cell:
         images, attacked: images evaluated, and of those the ones attacked (classified correctly when clean).
         clean_accuracy, adversarial_accuracy: over `images`, each with its 95% Wilson interval (`*_ci`).
         attack_success_rate: share of attacked images misclassified (or, targeted, sent to the target).
+        *_ci: the 95% interval of the figure it follows (Wilson for accuracies and rates, bootstrap for the AUROC),
+            None where there is no trial.
         linf_mean, linf_max, l2_mean, l2_max: perturbation sizes of the attacked images.
         unperturbed_share: attacked images the attack never moved (a zero gradient; a trust check reads it).
         loss_clean, loss_adversarial: mean attack loss before and after, on the sweep's classifier loss.
         members_run: which loss of a chain, restart or AutoAttack member fooled how many images.
         attack_members: an ensemble's members with their budgets.
         detector_threshold, detector_fpr, detection_rate, auroc, undetected_success_rate: reconstruction-error
-            detection (models with a decoder).
+            detection (models with a decoder); `auroc_ci` a 95% bootstrap interval of the AUROC.
         transfer_source, whitebox_accuracy, source_accuracy: a transfer attack's source, the target's white-box
             accuracy under the same base attack, and the source's accuracy on the images crafted on it.
         seconds: wall time of the cell.
@@ -64,6 +66,7 @@ class Cell:
     adversarial_accuracy: float
     adversarial_accuracy_ci: tuple[float, float]
     attack_success_rate: float | None
+    attack_success_rate_ci: tuple[float, float] | None
     linf_mean: float | None
     linf_max: float
     l2_mean: float | None
@@ -75,9 +78,13 @@ class Cell:
     attack_members: list | None = None
     detector_threshold: float | None = None
     detector_fpr: float | None = None
+    detector_fpr_ci: tuple[float, float] | None = None
     detection_rate: float | None = None
+    detection_rate_ci: tuple[float, float] | None = None
     auroc: float | None = None
+    auroc_ci: tuple[float, float] | None = None
     undetected_success_rate: float | None = None
+    undetected_success_rate_ci: tuple[float, float] | None = None
     transfer_source: str | None = None
     whitebox_accuracy: float | None = None
     source_accuracy: float | None = None
@@ -89,22 +96,22 @@ class Cell:
     @classmethod
     def from_dict(cls, values: dict) -> "Cell":
         """A cell from its `to_dict` form (a saved `sweep.json`); unknown keys are an error, not ignored."""
-        intervals = {key: tuple(values[key]) for key in ("clean_accuracy_ci", "adversarial_accuracy_ci")}
+        intervals = {key: None if values.get(key) is None else tuple(values[key]) for key in INTERVALS}
         return cls(**{**values, **intervals})
 
     def csv_row(self) -> dict:
-        """The CSV columns (`CSV_COLUMNS`): the flat fields, the accuracy interval split in two."""
+        """The CSV columns (`CSV_COLUMNS`): the flat fields, each interval split into its two ends."""
         values = self.to_dict()
-        values["adversarial_accuracy_ci_low"], values["adversarial_accuracy_ci_high"] = self.adversarial_accuracy_ci
+        for name in INTERVALS:
+            values[f"{name}_low"], values[f"{name}_high"] = values.pop(name) or (None, None)
         return {column: values[column] for column in CSV_COLUMNS}
 
 
-# Everything but the nested fields (options, member counts, intervals as pairs), which JSON keeps.
-_NESTED = {"attack_options", "members_run", "attack_members", "clean_accuracy_ci", "adversarial_accuracy_ci"}
-CSV_COLUMNS = [f.name for f in fields(Cell) if f.name not in _NESTED]
-CSV_COLUMNS[CSV_COLUMNS.index("adversarial_accuracy") + 1:
-            CSV_COLUMNS.index("adversarial_accuracy") + 1] = ["adversarial_accuracy_ci_low",
-                                                              "adversarial_accuracy_ci_high"]
+INTERVALS = [f.name for f in fields(Cell) if f.name.endswith("_ci")]
+# The flat fields, each interval as two columns beside its figure; the nested ones (options, member counts) are
+# JSON's.
+CSV_COLUMNS = [column for f in fields(Cell) if f.name not in ("attack_options", "members_run", "attack_members")
+               for column in ((f"{f.name}_low", f"{f.name}_high") if f.name in INTERVALS else (f.name,))]
 
 
 @dataclass
