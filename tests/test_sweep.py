@@ -33,8 +33,6 @@ def test_sweep_fields_and_outputs(trained_capsnet, tmp_path):
     result = run_sweep([mut], config, images, labels)
     assert len(result.cells) == 6
     for cell in result.cells:
-        low, high = cell.adversarial_accuracy_ci
-        assert low <= cell.adversarial_accuracy <= high
         assert cell.linf_max <= cell.eps + 1e-6
     at_zero = [c for c in result.cells if c.eps == 0.0]
     assert all(c.adversarial_accuracy == c.clean_accuracy and c.linf_max == 0 for c in at_zero)
