@@ -61,6 +61,7 @@ class AutoAttackEnsemble(Attack):
         one_hot = self.one_hot_labels(images, y)
         adversarial = images.copy()
         robust = ~self._fooled(images, one_hot)
+        self.fooled_by = np.full(len(images), -1, dtype=np.int8)
         members = {}
         for index, (name, _, run) in enumerate(self.members):
             rows = np.flatnonzero(robust)
@@ -72,6 +73,7 @@ class AutoAttackEnsemble(Attack):
                 # Survivors keep the latest member's try, so perturbation sizes describe what the attack did.
                 adversarial[rows[inside]] = candidate[inside]
                 robust[rows[won]] = False
+                self.fooled_by[rows[won]] = index
             members[name] = {"ran": bool(len(rows)), "fooled": int(len(rows) - robust[rows].sum()) if len(rows)
                              else 0}
         self.last_run = {"members": members, "survived": int(robust.sum())}

@@ -111,6 +111,8 @@ class Attack(EvasionAttack):
         params: the attack's `AttackParams`.
         last_run: after `generate`, what the attack's parts did (which loss, restart or member fooled how many
             images); empty before.
+        fooled_by: after `generate`, `(num_images,)` int: per image, which part (`last_run["members"]`, in order)
+            fooled it, -1 for none; None where the attack does not say.
     """
 
     attack_params = EvasionAttack.attack_params
@@ -122,6 +124,7 @@ class Attack(EvasionAttack):
         self.params = params
         self.targeted = params.targeted
         self.last_run: dict = {}
+        self.fooled_by: np.ndarray | None = None
 
     def one_hot_labels(self, images: np.ndarray, y) -> np.ndarray:
         """`y` as one-hot float32 `(num_images, num_classes)`.

@@ -145,6 +145,7 @@ class ObjectiveAttack(Attack):
         adversarial = images.copy()
         left = ~self._success(images, one_hot) if len(images) else np.zeros(0, dtype=bool)
         members = {loss: {"ran": False, "fooled": 0} for loss in self.losses}
+        fooled_by = np.full(len(images), -1, dtype=np.int8)
         restarts = [0] * p.restarts
         for loss in self.losses:
             gradient = self._gradient_for(loss)
@@ -161,10 +162,12 @@ class ObjectiveAttack(Attack):
                 won = self._success(moved, one_hot[rows])
                 adversarial[rows] = moved
                 left[rows[won]] = False
+                fooled_by[rows[won]] = self.losses.index(loss)
                 members[loss]["ran"] = True
                 members[loss]["fooled"] += int(won.sum())
                 restarts[restart] += int(won.sum())
         self.last_run = {"members": members, "restarts": restarts, "survived": int(left.sum())}
+        self.fooled_by = fooled_by
         return adversarial
 
 

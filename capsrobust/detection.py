@@ -8,7 +8,7 @@ validation images, i.e. a 5% false-positive rate) flags an input as adversarial.
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import bootstrap, rankdata
 
 from capsrobust.errors import ConfigError, StoreError
 from capsrobust.models.base import RECONSTRUCTION
@@ -99,6 +99,17 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     positive_rank_sum = ranks[len(negatives):].sum()
     u = positive_rank_sum - len(positives) * (len(positives) + 1) / 2
     return float(u / (len(positives) * len(negatives)))
+
+
+def auroc_interval(negatives: np.ndarray, positives: np.ndarray, confidence: float = 0.95,
+                   resamples: int = 1000) -> tuple[float, float] | None:
+    """A bootstrap interval of `auroc` (percentile method, negatives and positives resampled separately, a fixed
+    seed so a report is reproducible); None with fewer than 2 of either."""
+    if len(negatives) < 2 or len(positives) < 2:
+        return None
+    interval = bootstrap((negatives, positives), auroc, n_resamples=resamples, confidence_level=confidence,
+                         method="percentile", vectorized=False, rng=np.random.default_rng(0)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def roc_curve(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from capsrobust.io import atomic_path, write_json
+from capsrobust.io import atomic_path
 from capsrobust.store import model_name_of
-from capsrobust.sweep import CSV_COLUMNS, SweepResult, config_dict
+from capsrobust.sweep import CSV_COLUMNS, SweepResult
+from capsrobust.sweep.records import PARTIAL_FILE, write_record  # noqa: F401  (PARTIAL_FILE: for the commands)
 
 
 def output_dir_name(command: str, model_ids: list[str], dataset: str, config) -> str:
@@ -23,33 +24,24 @@ def output_dir_name(command: str, model_ids: list[str], dataset: str, config) ->
     return re.sub(r"[^A-Za-z0-9_.,+-]", "_", name)[:200]
 
 
-PARTIAL_FILE = "sweep.partial.json"
-
-
 def write_partial(result: SweepResult, out_dir: Path, metadata: dict) -> Path:
-    """Writes the cells finished so far to `sweep.partial.json`, atomically; `write_results` removes it."""
-    path = out_dir / PARTIAL_FILE
-    write_json(path, {"config": config_dict(result.config), **metadata, "complete": False,
-                      "cells": [c.to_dict() for c in result.cells],
-                      "skipped": result.skipped})
-    return path
+    """Writes the cells finished so far, with their per-image outcomes, to `sweep.partial.json` and `outcomes.npz`
+    (atomically), from which `--resume` continues; `write_results` replaces them."""
+    return write_record(result, out_dir, metadata, complete=False)
 
 
 def write_results(result: SweepResult, out_dir: Path, metadata: dict) -> None:
-    """Writes `sweep.json` (cells, checks, noise baselines, config, metadata) and `sweep.csv` (cells) atomically,
-    and removes the partial results of the same sweep."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "sweep.json", {"config": config_dict(result.config), **metadata, "seconds": result.seconds,
-                                        "cells": [c.to_dict() for c in result.cells], "worst_case": result.worst_case,
-                                        "skipped": result.skipped, "checks": result.checks, "noise": result.noise,
-                                        "verdicts": result.verdicts})
+    """Writes `sweep.json` (cells, worst case, checks, noise baselines, verdicts, config, metadata), the per-image
+    outcomes beside it and `sweep.csv` (cells), atomically, and removes the partial results of the same sweep."""
+    write_record(result, out_dir, metadata, complete=True,
+                 extra={"seconds": result.seconds, "worst_case": result.worst_case, "checks": result.checks,
+                        "noise": result.noise, "verdicts": result.verdicts})
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(c.csv_row() for c in result.cells)
     with atomic_path(out_dir / "sweep.csv") as tmp:
         tmp.write_text(buffer.getvalue())
-    (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
 
 
 def _pct(value) -> str:
@@ -61,13 +53,20 @@ def _num(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _with_ci(figure: str, interval, scale: float = 100, digits: int = 0) -> str:
+    """`figure` with its interval below it, compact: `37.6%` over `[30, 45]`."""
+    if not interval:
+        return figure
+    return f"{figure}\n[{scale * interval[0]:.{digits}f}, {scale * interval[1]:.{digits}f}]"
+
+
 def _ci(interval) -> str:
     """A 95% interval as `[low, high]` in percent, or a dash."""
     return "—" if not interval else f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def results_table(result: SweepResult, title: str, detection: bool = True) -> Table:
-    """One row per (model, attack, eps); accuracies with their 95% Wilson intervals."""
+    """One row per (model, attack, eps); every figure with its 95% interval (Wilson; bootstrap for the AUROC)."""
     table = Table(title=title)
     columns = ["model", "attack", "eps", "clean acc", "adv acc", "95% CI", "success", "L∞ mean", "L2 mean"]
     if detection:
@@ -77,11 +76,14 @@ def results_table(result: SweepResult, title: str, detection: bool = True) -> Ta
         table.add_column(column, justify="left" if column in ("model", "attack") else "right")
     for c in result.cells:
         row = [model_name_of(c.model_id), c.attack, f"{c.eps:g}", _pct(c.clean_accuracy),
-               _pct(c.adversarial_accuracy), _ci(c.adversarial_accuracy_ci), _pct(c.attack_success_rate),
-               _num(c.linf_mean, ".3f"), _num(c.l2_mean, ".2f")]
+               _pct(c.adversarial_accuracy), _ci(c.adversarial_accuracy_ci),
+               _with_ci(_pct(c.attack_success_rate), c.attack_success_rate_ci), _num(c.linf_mean, ".3f"),
+               _num(c.l2_mean, ".2f")]
         if detection:
-            row += [_pct(c.detector_fpr), _pct(c.detection_rate), _num(c.auroc, ".3f"),
-                    _pct(c.undetected_success_rate)]
+            row += [_with_ci(_pct(c.detector_fpr), c.detector_fpr_ci),
+                    _with_ci(_pct(c.detection_rate), c.detection_rate_ci),
+                    _with_ci(_num(c.auroc, ".3f"), c.auroc_ci, scale=1, digits=2),
+                    _with_ci(_pct(c.undetected_success_rate), c.undetected_success_rate_ci)]
         row.append(f"{c.seconds:.1f}s")
         table.add_row(*row)
     return table

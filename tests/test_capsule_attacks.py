@@ -157,8 +157,14 @@ def test_sweep_reports_transfer_beside_white_box_and_the_per_image_worst_case(tr
     assert result.skipped == [{"model_id": cnn.id, "attack": "vote", "reason": result.skipped[0]["reason"]}]
     for cell in (c for c in result.cells if c.transfer_source):
         assert cell.whitebox_accuracy == result.cell(cell.model_id, "pgd", cell.eps).adversarial_accuracy
-        assert 0 <= cell.source_accuracy <= cell.clean_accuracy
         assert cell.linf_max <= cell.eps + 1e-6
+    # The source's accuracy on the images crafted on it, recomputed: the same PGD on the source, judged by it.
+    crafted = result.cell(capsnet.id, "transfer(cnn-small)", 0.2)
+    correct = capsnet.model.predict(images, verbose=0)["scores"].argmax(-1) == labels
+    adversarial = create_attack("pgd", to_art_classifier(cnn.model), 0.2, steps=5, seed=0).generate(
+        images[correct], labels[correct])
+    judged = cnn.model.predict(adversarial, verbose=0)["scores"].argmax(-1) == labels[correct]
+    assert crafted.source_accuracy == pytest.approx(judged.sum() / len(images))
     assert {"white-box >= transfer"} <= {c["check"] for c in result.checks}
     assert len(result.worst_case) == 4
     for row in result.worst_case:

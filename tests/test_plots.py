@@ -1,6 +1,7 @@
 """Figures: an image grid is written even for an attack cell that kept no example images."""
 
 import numpy as np
+from matplotlib.image import imread
 
 from capsrobust.plots import example_grid
 
@@ -12,8 +13,19 @@ def test_an_example_grid_without_images_is_still_written(tmp_path):
 
 
 def test_an_example_grid_shows_the_amplified_perturbation(tmp_path):
+    """With a perturbation of 0.02 the perturbation row (the bottom third) turns white, amplified, where without one
+    it is grey; the clean row (the top third) looks the same."""
     clean = np.full((2, 28, 28, 1), 0.5, "float32")
-    example = {"clean": clean, "adversarial": clean + 0.1, "label": [3, 7], "clean_prediction": [3, 7],
-               "adversarial_prediction": [5, 7]}
-    path = example_grid(example, "two examples", tmp_path / "grid.png")
-    assert path.stat().st_size > 1000
+    images = {}
+    for name, delta in (("none", 0.0), ("small", 0.02)):
+        example = {"clean": clean, "adversarial": clean + delta, "label": [3, 7], "clean_prediction": [3, 7],
+                   "adversarial_prediction": [5, 7]}
+        images[name] = imread(example_grid(example, "two examples", tmp_path / f"{name}.png"))
+    def brightness(image, rows):
+        return image[rows, :, :3].mean()
+
+    third = {name: image.shape[0] // 3 for name, image in images.items()}
+    assert abs(brightness(images["small"], slice(None, third["small"]))
+               - brightness(images["none"], slice(None, third["none"]))) < 0.02
+    assert brightness(images["small"], slice(-third["small"], None)) \
+        > brightness(images["none"], slice(-third["none"], None)) + 0.1

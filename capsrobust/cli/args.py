@@ -159,6 +159,19 @@ def eps_list(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
+def shard(text: str) -> tuple[int, int]:
+    """`K/N`: the K-th of N disjoint slices of the test images, 1 <= K <= N."""
+    k, slash, n = text.partition("/")
+    if not (slash and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N (the K-th of N slices), got {text!r}")
+    return int(k), int(n)
+
+
+def shard_range(count: int, k: int, n: int) -> tuple[int, int]:
+    """The images `[start, stop)` of shard `k` of `n` over `count` images: contiguous, as equal as they can be."""
+    return (k - 1) * count // n, k * count // n
+
+
 def name_list(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, directory,
                                  entry_dataset, eps_list, name_list, new_directory, non_negative_float,
-                                 non_negative_int, positive_float, positive_int)
+                                 non_negative_int, positive_float, positive_int, shard, shard_range)
 
 DEFAULT_LIMIT = 1000
 
@@ -51,6 +51,12 @@ def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_d
                        help="skip the trust checks (eps=1 attack, random-noise baseline)")
     group.add_argument("--output", type=directory, metavar="DIR",
                        help="where result directories go (default ./capsrobust-output)")
+    group.add_argument("--shard", type=shard, metavar="K/N",
+                       help="run on the K-th of N disjoint slices of the --limit test images, e.g. one job of an "
+                            "array; combine the N reports with `capsrobust merge`")
+    group.add_argument("--resume", type=directory, metavar="DIR",
+                       help="continue the stopped sweep whose report directory is DIR (same command and options): "
+                            "its finished cells are kept")
     add_data_args(parser)
     parser.set_defaults(limit=limit_default)
     add_store_arg(parser)
@@ -134,13 +140,25 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
         if threat.get("norm") == config.norm and max(config.eps_values) > threat.get("eps", 1):
             err_console.print(f"warning: eps {max(config.eps_values):g} exceeds the eps {threat['eps']:g} "
                               f"{model.id} was adversarially trained for ({threat['method']})", highlight=False)
-    # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same second.
-    out_dir = new_directory(args.output or "capsrobust-output",
-                            report.output_dir_name(command, [m.id for m in under_test], dataset.name, config))
-    metadata = {"command": command, "data": {**dataset.describe(), "evaluated": len(images)},
+    start, stop = (0, len(images)) if args.shard is None else shard_range(len(images), *args.shard)
+    images, labels = images[start:stop], labels[start:stop]
+    metadata = {"command": command,
+                "data": {**dataset.describe(), "limit": args.limit, "evaluated": len(images), "first_index": start,
+                         "shard": None if args.shard is None else list(args.shard)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
                            for m in under_test},
                 "transfer_sources": {m.id: {"card": m.card} for m in sources or []}}
+    previous = None
+    if args.resume:
+        out_dir = Path(args.resume)
+        previous = _stopped_sweep(out_dir, config, metadata).result
+    else:
+        # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same
+        # second.
+        name = report.output_dir_name(command, [m.id for m in under_test], dataset.name, config)
+        if args.shard is not None:
+            name += f"-shard{args.shard[0]}of{args.shard[1]}"
+        out_dir = new_directory(args.output or "capsrobust-output", name)
 
     def save_partial(so_far) -> None:
         with _writing_to(out_dir):
@@ -150,18 +168,31 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
         with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as progress:
             result = run_sweep(under_test, config, images, labels, progress=progress, sources=sources,
-                               on_cell=save_partial)
+                               on_cell=save_partial, previous=previous, first_index=start)
     except BaseException:
         partial = out_dir / report.PARTIAL_FILE
         if partial.exists():
             err_console.print(f"the cells finished before the stop are in {partial}", highlight=False)
-        with contextlib.suppress(OSError):
-            out_dir.rmdir()  # only if still empty
+        if previous is None:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if still empty
         raise
     with _writing_to(out_dir):
         report.write_results(result, out_dir, metadata)
         plots.write_figures(result, out_dir)
-    title = f"{command}: {len(images)} {dataset.name} test images ({dataset.source}), {result.seconds:.0f}s"
+    shard_note = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]}: images {start}-{stop - 1})"
+    title = f"{command}: {len(images)} {dataset.name} test images{shard_note} ({dataset.source}), " \
+            f"{result.seconds:.0f}s"
+    print_report(result, title, detection)
+    console.print(f"results, grids and plots in {out_dir}")
+    return out_dir
+
+
+def print_report(result, title: str, detection: bool) -> None:
+    """The tables, the attacks' description, the trust checks and the verdicts of a sweep, on the terminal."""
+    from capsrobust import report
+    from capsrobust.console import console
+
     console.print(report.results_table(result, title, detection=detection))
     console.print(report.worst_case_table(result, detection=detection))
     transfers = report.transfer_table(result)
@@ -172,8 +203,30 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
         console.print(report.checks_table(result))
     for line in report.verdict_lines(result):
         console.print(line, highlight=False)
-    console.print(f"results, grids and plots in {out_dir}")
-    return out_dir
+
+
+def _stopped_sweep(out_dir: Path, config, metadata: dict):
+    """The stopped sweep in `out_dir`, checked to be this one (configuration, models, data, image slice)."""
+    from capsrobust.errors import ConfigError
+    from capsrobust.sweep import config_dict
+    from capsrobust.sweep.records import SWEEP_FILE, read_record
+
+    if (out_dir / SWEEP_FILE).exists():
+        raise ConfigError(f"{out_dir} holds a finished sweep; there is nothing to resume")
+    record = read_record(out_dir, partial=True)
+    wanted = {"config": config_dict(config), **metadata}
+    for key in ("config", "command", "models", "transfer_sources", "data"):
+        if json_safe(record.content.get(key)) != json_safe(wanted.get(key)):
+            raise ConfigError(f"--resume {out_dir} is a stopped sweep with another {key}; resume it with the "
+                              f"command and options it was started with")
+    return record
+
+
+def json_safe(value):
+    """`value` as JSON reads it back (tuples as lists), to compare with what a report holds."""
+    import json
+
+    return json.loads(json.dumps(value))
 
 
 @contextlib.contextmanager

@@ -11,42 +11,12 @@ import numpy as np
 
 from attacks import AttackParams
 from attacks.iterative import l2_norms
-from capsrobust.detection import auroc, reconstruction_distances
+from capsrobust.detection import auroc, auroc_interval, reconstruction_distances
 from capsrobust.models.base import RECONSTRUCTION, SCORES
 from capsrobust.models.predict import predict_batched
 from capsrobust.stats import mcnemar_exact, wilson_interval
-from capsrobust.store import model_name_of
 from capsrobust.sweep.plan import ModelUnderTest, Step, SweepConfig
-from capsrobust.sweep.results import Cell
-
-
-@dataclass
-class CleanPass:
-    """A model's clean pass over the sweep's images, shared by all its cells.
-
-    Attributes:
-        images: `(n, h, w, c)` test images; `labels` `(n,)` integers.
-        outputs: the model's outputs on them (`"scores"` `(n, num_classes)`, and `"reconstruction"` if any).
-        correct: `(n,)` bool, classified correctly: the images that get attacked.
-        distances: `(n,)` reconstruction distances (DARCCC), or None without a detector.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    outputs: dict
-    correct: np.ndarray
-    distances: np.ndarray | None
-
-    @classmethod
-    def of(cls, mut: ModelUnderTest, images: np.ndarray, labels: np.ndarray, batch_size: int) -> "CleanPass":
-        outputs = predict_batched(mut.model, images, batch_size)
-        distances = reconstruction_distances(mut.model, images, batch_size) if mut.detector is not None else None
-        return cls(images, labels, outputs, outputs[SCORES].argmax(-1) == labels, distances)
-
-    @property
-    def attacked(self) -> tuple[np.ndarray, np.ndarray]:
-        """The images attacked and their labels, `(m, h, w, c)` and `(m,)`."""
-        return self.images[self.correct], self.labels[self.correct]
+from capsrobust.sweep.results import Cell, CleanPass, Outcome
 
 
 @dataclass
@@ -58,82 +28,91 @@ class Attempt:
         targets: `(m,)` the labels the attack aimed away from (or, targeted, at).
         adversarial: `(m, h, w, c)` its output.
         record: the attack's `record()` (empty where nothing ran: eps 0 or no image).
-        losses: mean-able `(m,)` attack losses before and after, or None where nothing ran.
-        seconds: wall time so far.
+        fooled_by: `(m,)` which part of the attack (`record["last_run"]["members"]`, in order) fooled each image,
+            -1 for none.
+        losses: `(m,)` attack losses before and after, or None where not measured (nothing ran, transfer).
     """
 
     params: AttackParams
     targets: np.ndarray
     adversarial: np.ndarray
     record: dict = field(default_factory=dict)
+    fooled_by: np.ndarray | None = None
     losses: tuple[np.ndarray, np.ndarray] | None = None
-    seconds: float = 0.0
-
-
-@dataclass
-class Outcome:
-    """Per attacked image, what a cell found, beside its `Cell`.
-
-    Attributes:
-        survived: `(n,)` over all images: classified correctly clean and after the attack.
-        undetected: `(m,)` over the attacked images: a success the detector missed; None without a detector.
-        adversarial: `(m, h, w, c)` the attack's output (a transfer cell's source reads it).
-        example: a few clean and adversarial images, predictions and reconstructions, for the figures.
-        roc: clean distances and the successful adversarial images' distances, or None without a detector.
-    """
-
-    survived: np.ndarray
-    undetected: np.ndarray | None
-    adversarial: np.ndarray
-    example: dict
-    roc: tuple[np.ndarray, np.ndarray] | None
 
 
 def measure(step: Step, eps: float, config: SweepConfig, clean: CleanPass, attempt: Attempt) -> tuple[Cell, Outcome]:
-    """The cell's figures and per-image outcome from the attack's output."""
+    """The cell's per-image outcome from the attack's output, and its figures."""
     mut = step.model
     x, y = clean.attacked
     x_adv, targets = attempt.adversarial, attempt.targets
     adversarial = predict_batched(mut.model, x_adv, config.batch_size)
     adv_pred = adversarial[SCORES].argmax(-1) if len(x) else np.empty(0, dtype=int)
-    success = adv_pred == targets if config.targeted else adv_pred != y
     delta = (x_adv - x).reshape(len(x), int(np.prod(x.shape[1:])))  # -1 is ambiguous when no image is attacked
-    linf, l2 = np.abs(delta).max(axis=1, initial=0.0), np.sqrt((delta ** 2).sum(axis=1))
-    n = len(clean.images)
-    robust = int((adv_pred == y).sum())
+    outcome = Outcome(
+        robust=adv_pred == y, success=adv_pred == targets if config.targeted else adv_pred != y,
+        linf=np.abs(delta).max(axis=1, initial=0.0), l2=np.sqrt((delta ** 2).sum(axis=1)),
+        loss_clean=None if attempt.losses is None else np.asarray(attempt.losses[0], dtype=float),
+        loss_adversarial=None if attempt.losses is None else np.asarray(attempt.losses[1], dtype=float),
+        distance=(reconstruction_distances(mut.model, x_adv, config.batch_size) if len(x) else np.empty(0))
+        if mut.detector is not None else None,
+        fooled_by=attempt.fooled_by, adversarial=x_adv,
+        example=_example(config, clean, attempt, adv_pred, adversarial))
     p = attempt.params
     cell = Cell(
         model_id=mut.id, model=mut.name, family=mut.family,
-        attack=step.method if step.source is None else f"transfer({model_name_of(step.source.id)})",
+        attack=step.attack,
         method=step.method, white_box=step.source is None, eps=eps, norm=config.norm, targeted=config.targeted,
         loss=config.loss, attack_loss=attempt.record.get("loss", config.loss),
         attack_step_size=p.step_size, attack_steps=p.steps, attack_random_start=p.random_start,
-        attack_restarts=p.restarts, attack_options=p.options, images=n, attacked=int(len(x)),
-        clean_accuracy=float(clean.correct.mean()),
+        attack_restarts=p.restarts, attack_options=p.options, members_run=attempt.record.get("last_run"),
+        attack_members=attempt.record.get("members"),
+        **figures(outcome, clean, None if mut.detector is None else mut.detector.threshold))
+    return cell, outcome
+
+
+def figures(outcome: Outcome, clean: CleanPass, threshold: float | None) -> dict:
+    """A cell's figures (`Cell` fields) from its per-image outcome and the model's clean pass: the one place they
+    are computed, for a cell just run and for one merged from shards alike. Every accuracy and rate has its 95%
+    Wilson interval (`*_ci`), the AUROC a bootstrap interval."""
+    n, attacked = len(clean.correct), len(outcome.robust)
+    robust = int(outcome.robust.sum())  # a clean mistake is never attacked and never robust
+    values = dict(
+        images=n, attacked=attacked,
+        clean_accuracy=float(clean.correct.mean()) if n else float("nan"),
         clean_accuracy_ci=wilson_interval(int(clean.correct.sum()), n),
         adversarial_accuracy=robust / n if n else float("nan"),
         adversarial_accuracy_ci=wilson_interval(robust, n),
-        attack_success_rate=_mean(success),
-        linf_mean=_mean(linf), linf_max=float(linf.max(initial=0.0)),
-        l2_mean=_mean(l2), l2_max=float(l2.max(initial=0.0)),
-        unperturbed_share=_mean(linf == 0),
-        loss_clean=None if attempt.losses is None else _mean(attempt.losses[0]),
-        loss_adversarial=None if attempt.losses is None else _mean(attempt.losses[1]),
-        members_run=attempt.record.get("last_run"), attack_members=attempt.record.get("members"))
-    roc, undetected = None, None
-    if mut.detector is not None:
-        adv_distances = reconstruction_distances(mut.model, x_adv, config.batch_size) if len(x) else np.empty(0)
-        flagged = mut.detector.flags(adv_distances)
-        undetected = success & ~flagged
-        cell.detector_threshold = mut.detector.threshold
-        cell.detector_fpr = _mean(mut.detector.flags(clean.distances))
-        cell.detection_rate = _mean(flagged[success])
-        cell.auroc = auroc(clean.distances, adv_distances[success])
-        cell.undetected_success_rate = _mean(undetected)
-        roc = (clean.distances, adv_distances[success])
-    survived = clean.correct.copy()
-    survived[clean.correct] = adv_pred == y
-    return cell, Outcome(survived, undetected, x_adv, _example(config, clean, attempt, adv_pred, adversarial), roc)
+        **_rate("attack_success_rate", outcome.success),
+        linf_mean=_mean(outcome.linf), linf_max=float(outcome.linf.max(initial=0.0)),
+        l2_mean=_mean(outcome.l2), l2_max=float(outcome.l2.max(initial=0.0)),
+        # Attacked images the attack never moved (a zero gradient) and the attack loss before and after: trust-check
+        # inputs.
+        unperturbed_share=_mean(outcome.linf == 0),
+        loss_clean=None if outcome.loss_clean is None else _mean(outcome.loss_clean),
+        loss_adversarial=None if outcome.loss_adversarial is None else _mean(outcome.loss_adversarial),
+        source_accuracy=None if outcome.source_correct is None or not n
+        else float(outcome.source_correct.sum() / n))
+    if threshold is not None and outcome.distance is not None:
+        flagged = outcome.distance > threshold
+        successful = outcome.distance[outcome.success]
+        values.update(detector_threshold=threshold, **_rate("detector_fpr", clean.distances > threshold),
+                      **_rate("detection_rate", flagged[outcome.success]),
+                      auroc=auroc(clean.distances, successful), auroc_ci=auroc_interval(clean.distances, successful),
+                      **_rate("undetected_success_rate", outcome.undetected(threshold)))
+    return values
+
+
+def _rate(name: str, events: np.ndarray) -> dict:
+    """`{name: share of events, name_ci: its Wilson interval}`, None for both without any trial."""
+    return {name: _mean(events), f"{name}_ci": wilson_interval(int(np.sum(events)), len(events))}
+
+
+def roc_data(outcome: Outcome, clean: CleanPass) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clean distances and the successful adversarial images' distances, for the ROC curve; None without them."""
+    if outcome.distance is None or clean.distances is None:
+        return None
+    return clean.distances, outcome.distance[outcome.success]
 
 
 def _example(config: SweepConfig, clean: CleanPass, attempt: Attempt, adv_pred: np.ndarray,
@@ -152,18 +131,18 @@ def _example(config: SweepConfig, clean: CleanPass, attempt: Attempt, adv_pred: 
 def add_transfer_columns(cell: Cell, whitebox: Cell | None, source: ModelUnderTest, outcome: Outcome,
                          labels: np.ndarray, batch_size: int) -> None:
     """The target's white-box accuracy under the base attack (`whitebox`, its cell in the same sweep) and the
-    source's accuracy on the images crafted on it, beside the transfer accuracy.
+    source's accuracy on the images crafted on it (over all images like the target's, so the numbers share a
+    denominator), beside the transfer accuracy.
 
     Args:
         labels: `(m,)` the labels of the attacked images.
     """
     cell.transfer_source = source.id
     cell.whitebox_accuracy = None if whitebox is None else whitebox.adversarial_accuracy
-    if len(outcome.adversarial) and cell.images:
-        # Over all images like the target's, so the numbers share a denominator; only the images the target
-        # classified correctly were crafted.
-        predictions = predict_batched(source.model, outcome.adversarial, batch_size)[SCORES].argmax(-1)
-        cell.source_accuracy = float(np.sum(predictions == labels) / cell.images)
+    predictions = predict_batched(source.model, outcome.adversarial, batch_size)[SCORES].argmax(-1) \
+        if len(outcome.adversarial) else np.empty(0, dtype=int)
+    outcome.source_correct = predictions == labels
+    cell.source_accuracy = float(outcome.source_correct.sum() / cell.images) if cell.images else None
 
 
 def worst_case(mut: ModelUnderTest, cells: list[Cell], survived: dict, undetected: dict) -> list[dict]:
@@ -214,26 +193,35 @@ def verdicts(models: list[ModelUnderTest], robust: dict) -> list[dict]:
     return sorted(rows, key=lambda v: (v["eps"], v["first"], v["second"]))
 
 
-def noise(images: np.ndarray, eps: float, norm: str, rng: np.random.Generator) -> np.ndarray:
-    """Random noise of the attack's size: uniform in [-eps, eps] per pixel (L-inf), or a uniform direction of L2
-    length eps (L2), clipped to [0, 1]."""
+def noise(images: np.ndarray, eps: float, norm: str, rngs: list[np.random.Generator]) -> np.ndarray:
+    """Random noise of the attack's size, one generator per image: uniform in [-eps, eps] per pixel (L-inf), or a
+    uniform direction of L2 length eps (L2), clipped to [0, 1]."""
     if norm == "inf":
-        drawn = rng.uniform(-eps, eps, size=images.shape)
+        drawn = np.stack([rng.uniform(-eps, eps, size=images.shape[1:]) for rng in rngs])
     else:
-        drawn = rng.standard_normal(images.shape)
+        drawn = np.stack([rng.standard_normal(images.shape[1:]) for rng in rngs])
         drawn *= eps / l2_norms(drawn)
     return np.clip(images + drawn, 0, 1).astype("float32")
 
 
-def noise_accuracy(mut: ModelUnderTest, config: SweepConfig, images: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """Accuracy under random noise (`noise`) of each eps of the sweep."""
-    rng = np.random.default_rng(config.seed)
-    rows = []
-    for eps in config.eps_values:
-        noisy = noise(images, eps, config.norm, rng)
-        accuracy = float((predict_batched(mut.model, noisy, config.batch_size)[SCORES].argmax(-1) == labels).mean())
-        rows.append({"model_id": mut.id, "eps": eps, "noise_accuracy": accuracy})
-    return rows
+def noise_correct(mut: ModelUnderTest, config: SweepConfig, images: np.ndarray, labels: np.ndarray,
+                  first_index: int = 0) -> dict[float, np.ndarray]:
+    """Per eps of the sweep, `(n,)`: classified correctly under random noise of that size (`noise`).
+
+    Image `i` draws its noise from its own generator, seeded by the sweep's seed and its index among all the test
+    images (`first_index + i`), so a shard of the images sees exactly the noise the whole run would.
+    """
+    correct = {}
+    for e, eps in enumerate(config.eps_values):
+        rngs = [np.random.default_rng([config.seed, e, first_index + i]) for i in range(len(images))]
+        noisy = noise(images, eps, config.norm, rngs) if len(images) else images
+        correct[eps] = predict_batched(mut.model, noisy, config.batch_size)[SCORES].argmax(-1) == labels
+    return correct
+
+
+def noise_rows(model_id: str, correct: dict[float, np.ndarray]) -> list[dict]:
+    """The noise baseline of one model, a row per eps, from `noise_correct`."""
+    return [{"model_id": model_id, "eps": eps, "noise_accuracy": _mean(c)} for eps, c in correct.items()]
 
 
 def _mean(values: np.ndarray) -> float | None:

@@ -6,6 +6,7 @@ from typing import NamedTuple
 from attacks import get_attack_spec
 from capsrobust.detection import ReconstructionDetector
 from capsrobust.errors import ConfigError
+from capsrobust.store import model_name_of
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class Step(NamedTuple):
     model: ModelUnderTest
     method: str
     source: ModelUnderTest | None = None
+
+    @property
+    def attack(self) -> str:
+        """The name of its cells: the method, or `transfer(<source>)`."""
+        return self.method if self.source is None else f"transfer({model_name_of(self.source.id)})"
 
 
 def plan_steps(models: list[ModelUnderTest], config: SweepConfig, sources: list[ModelUnderTest],

@@ -14,15 +14,17 @@ import numpy as np
 
 from attacks import create_attack, resolve_params, validate_inputs
 from capsrobust.art_bridge import BatchedBridge, to_art_classifier
+from capsrobust.errors import ConfigError
 from capsrobust.sweep import checks, metrics
-from capsrobust.sweep.metrics import Attempt, CleanPass, Outcome
+from capsrobust.sweep.metrics import Attempt
 from capsrobust.sweep.plan import ModelUnderTest, Step, SweepConfig, attack_arguments, plan_steps
-from capsrobust.sweep.results import Cell, SweepResult
+from capsrobust.sweep.results import Cell, CleanPass, Outcome, SweepResult
 
 
 def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
               progress=None, sources: list[ModelUnderTest] | None = None,
-              on_cell: Callable[[SweepResult], None] | None = None) -> SweepResult:
+              on_cell: Callable[[SweepResult], None] | None = None, previous: SweepResult | None = None,
+              first_index: int = 0) -> SweepResult:
     """Attacks every model with every method at every eps.
 
     Args:
@@ -34,6 +36,10 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
         sources: the models transfer attacks craft on (each target is attacked from every source but itself).
         on_cell: called with the result so far after each finished cell (to save it: a long sweep that is stopped
             keeps what it measured).
+        previous: the record of a stopped run of the same sweep on the same images (`records.read_record`): its
+            finished cells are kept, with their per-image outcomes, instead of run again.
+        first_index: the index of `images[0]` among all the test images (a shard's offset), which seeds the
+            per-image noise baseline.
 
     Returns:
         A `SweepResult` with one cell per (model, method, eps) (per source for transfer), the per-image worst case
@@ -51,38 +57,61 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
     task = progress.add_task("sweep", total=len(plan) * len(config.eps_values)) if progress is not None else None
     source_classifiers = {s.id: to_art_classifier(s.model, loss=config.loss, batch_size=config.batch_size)
                           for s in sources}
-    robust = {}
     for mut in models:
         clean = CleanPass.of(mut, images, labels, config.batch_size)
+        if previous is not None and mut.id in previous.clean \
+                and not np.array_equal(previous.clean[mut.id].correct, clean.correct):
+            raise ConfigError(f"the stopped sweep was run on other images or another {mut.name}: its clean "
+                              f"predictions differ from this run's")
+        result.clean[mut.id] = clean
         classifier = to_art_classifier(mut.model, loss=config.loss, batch_size=config.batch_size)
-        survived = {eps: clean.correct.copy() for eps in config.eps_values}
-        undetected = {eps: np.zeros(int(clean.correct.sum()), dtype=bool) for eps in config.eps_values}
         for step in (step for step in plan if step.model is mut):
             attacker = classifier if step.source is None else source_classifiers[step.source.id]
             for eps in config.eps_values:
-                cell, outcome = _attack_cell(step, eps, config, clean, attacker)
-                if step.source is not None:
-                    whitebox = result.cell(mut.id, cell.attack_options["base"], eps)
-                    metrics.add_transfer_columns(cell, whitebox, step.source, outcome, clean.attacked[1],
-                                                 config.batch_size)
+                done = None if previous is None else previous.cell(mut.id, step.attack, eps)
+                if done is not None:
+                    cell, outcome = done, previous.outcomes[(done.model_id, done.attack, done.eps)]
+                else:
+                    cell, outcome = _attack_cell(step, eps, config, clean, attacker)
+                    if step.source is not None:
+                        whitebox = result.cell(mut.id, cell.attack_options["base"], eps)
+                        metrics.add_transfer_columns(cell, whitebox, step.source, outcome, clean.attacked[1],
+                                                     config.batch_size)
                 _record(result, cell, outcome, clean)
-                survived[eps] &= outcome.survived
-                if outcome.undetected is not None:
-                    undetected[eps] |= outcome.undetected
                 if on_cell is not None:
                     on_cell(result)
                 if progress is not None:
                     progress.advance(task)
-        result.worst_case.extend(metrics.worst_case(mut, result.cells, survived, undetected))
-        robust[mut.id] = survived
         if config.trust_checks:
-            result.noise.extend(metrics.noise_accuracy(mut, config, images, labels))
+            result.noise_correct[mut.id] = metrics.noise_correct(mut, config, images, labels, first_index)
             result.checks.append(checks.eps_one_check(mut, classifier, config, *clean.attacked))
-    if config.trust_checks:
-        result.checks = checks.sweep_checks(result) + result.checks
-    result.verdicts = metrics.verdicts(models, robust)
+    summarise(result, models)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def summarise(result: SweepResult, models: list[ModelUnderTest]) -> None:
+    """Fills in what follows from the cells and their per-image outcomes: per model and eps the worst case, the
+    noise baseline, the verdicts between models and the trust checks (the per-model ones already in
+    `result.checks` are kept after the rest)."""
+    robust = {}
+    for mut in models:
+        clean = result.clean[mut.id]
+        threshold = None if mut.detector is None else mut.detector.threshold
+        survived = {eps: clean.correct.copy() for eps in result.config.eps_values}
+        undetected = {eps: np.zeros(int(clean.correct.sum()), dtype=bool) for eps in result.config.eps_values}
+        for cell in (c for c in result.cells if c.model_id == mut.id):
+            outcome = result.outcomes[(cell.model_id, cell.attack, cell.eps)]
+            survived[cell.eps] &= outcome.survived(clean)
+            if threshold is not None:
+                undetected[cell.eps] |= outcome.undetected(threshold)
+        result.worst_case.extend(metrics.worst_case(mut, result.cells, survived, undetected))
+        robust[mut.id] = survived
+        if mut.id in result.noise_correct:
+            result.noise.extend(metrics.noise_rows(mut.id, result.noise_correct[mut.id]))
+    if result.config.trust_checks:
+        result.checks = checks.sweep_checks(result) + result.checks
+    result.verdicts = metrics.verdicts(models, robust)
 
 
 def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
@@ -99,6 +128,7 @@ def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
         attack = create_attack(step.method, classifier, eps, **arguments)
         attempt.adversarial = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets]).astype("float32")
         attempt.record = attack.record()
+        attempt.fooled_by = attack.fooled_by
         if step.source is None:  # a transfer attack's classifier is its source's: the target's loss is not at hand
             attempt.losses = (classifier.compute_loss(x, targets),
                               classifier.compute_loss(attempt.adversarial, targets))
@@ -110,7 +140,10 @@ def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
 def _record(result: SweepResult, cell: Cell, outcome: Outcome, clean: CleanPass) -> None:
     key = (cell.model_id, cell.attack, cell.eps)
     result.cells.append(cell)
-    result.survivors[key] = outcome.survived[clean.correct]
-    result.examples[key] = outcome.example
-    if outcome.roc is not None:
-        result.roc[key] = outcome.roc
+    result.outcomes[key] = outcome
+    result.survivors[key] = outcome.robust
+    if outcome.example is not None:
+        result.examples[key] = outcome.example
+    roc = metrics.roc_data(outcome, clean)
+    if roc is not None:
+        result.roc[key] = roc

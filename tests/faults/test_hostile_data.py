@@ -15,6 +15,7 @@ import pytest
 
 from capsrobust.data import datasets, sha256_file, write_idx
 from capsrobust.data.idx import gzip_bytes
+from capsrobust.store import ModelStore
 
 from conftest import assert_one_line_error
 
@@ -138,9 +139,15 @@ def test_bad_data_file_is_one_line_exit_2_and_nothing_stored(fault, clean_mnist,
     assert not any(home.iterdir()), "something was written to the store"
 
 
-def test_a_clean_copy_of_the_fake_data_trains(clean_mnist, tmp_path, monkeypatch):
-    """The control: without damage the same fake data set loads, so each fault above is what fails."""
+def test_a_clean_copy_of_the_fake_data_trains(clean_mnist, monkeypatch, cli):
+    """The control: without damage the same command on the same fake data trains and stores a model, so each fault
+    above is what fails."""
     monkeypatch.setitem(datasets.SHA256, "mnist", {n: sha256_file(clean_mnist / n) for n in datasets.FILES})
     data = datasets.load_dataset("mnist", data_dir=clean_mnist.parent)
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (110, 10, 30)
     assert gzip.decompress((clean_mnist / TEST_LABELS).read_bytes())[:4] == b"\x00\x00\x08\x01"
+    status, _, err = cli("train", "mnist", "--data-dir", clean_mnist.parent, "--model", "cnn-small", "--epochs", "1",
+                         "--quiet")
+    assert status == 0, err
+    (entry,) = ModelStore(os.environ["CAPSROBUST_HOME"]).entries()
+    assert not entry.problem and entry.card["dataset"]["train"] == 110
