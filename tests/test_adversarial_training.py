@@ -286,3 +286,16 @@ def test_nan_in_an_adversarial_step_stops_and_keeps_the_last_good_checkpoint(mni
                                                "epoch 1"):
         fit("cnn-small", model_config("cnn-small"), data, settings, tmp_path)
     assert load_state(tmp_path).epoch == 1 and not list(tmp_path.glob("epoch-0002*"))
+
+
+def test_capsule_models_get_an_eps_warmup_unless_told_otherwise(tmp_path, monkeypatch, capsys):
+    from capsrobust.cli import main
+
+    seen = []
+    monkeypatch.setattr("capsrobust.cli.train._train_and_publish",
+                        lambda store, run_dir, spec, dataset, settings, *rest: seen.append(settings.eps_warmup))
+    for model, extra in [("capsnet-small", []), ("capsnet-small", ["--eps-warmup", "0"]), ("cnn-small", [])]:
+        main(["train", "mnist", "--subset", "--model", model, "--adversarial", "fgsm-rs", *extra,
+              "--store", str(tmp_path), "--quiet"])
+    assert seen == [adversarial.CAPSULE_EPS_WARMUP, 0, None]
+    assert capsys.readouterr().err.count("eps warm-up: 2 epochs, the default for capsule models") == 1
