@@ -32,9 +32,9 @@ def run(args) -> int:
     entries = store.entries(verify=True)
     trained = Table(title=f"trained models in {store.models_dir}")
     trained.add_column("id", no_wrap=True)
-    for column in ("model", "data set", "trained against", "epochs", "val acc", "test acc", "backend", "trained",
-                   "status"):
+    for column in ("model", "data set", "trained against", "epochs", "val acc", "test acc", "backend", "trained"):
         trained.add_column(column)
+    trained.add_column("status", no_wrap=True, min_width=6)  # a narrow terminal must not cut "broken" short
     for entry in entries:
         # A broken entry's card may hold anything: show only what a healthy card guarantees.
         card = {} if entry.problem else entry.card
