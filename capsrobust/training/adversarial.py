@@ -183,6 +183,7 @@ def projected_gradient_ascent(climb: Callable, images, start, eps, step_factor: 
     Returns:
         `(batch_size, height, width, channels)` adversarial images, with no gradient path back to the model.
     """
+    images = ops.convert_to_tensor(images)  # torch's `train_on_batch` may hand over numpy arrays
     eps = ops.reshape(ops.cast(eps, images.dtype), (-1, 1, 1, 1))
     low, high = ops.maximum(images - eps, 0.0), ops.minimum(images + eps, 1.0)
     adversarial = ops.clip(images + start, low, high)
@@ -229,7 +230,7 @@ class AdversarialObjective:
             A scalar loss.
         """
         threat = self.threat
-        images = inputs["image"]
+        images = ops.convert_to_tensor(inputs["image"])
         eps = ops.cast(inputs["eps"], images.dtype)
         noise = ops.cast(inputs["start"], images.dtype)
         if threat.method == "trades":
