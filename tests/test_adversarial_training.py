@@ -288,7 +288,7 @@ def test_nan_in_an_adversarial_step_stops_and_keeps_the_last_good_checkpoint(mni
     assert load_state(tmp_path).epoch == 1 and not list(tmp_path.glob("epoch-0002*"))
 
 
-def test_capsule_models_get_an_eps_warmup_unless_told_otherwise(tmp_path, monkeypatch, capsys):
+def test_adversarial_runs_get_an_eps_warmup_unless_told_otherwise(tmp_path, monkeypatch, capsys):
     from capsrobust.cli import main
 
     seen = []
@@ -297,5 +297,5 @@ def test_capsule_models_get_an_eps_warmup_unless_told_otherwise(tmp_path, monkey
     for model, extra in [("capsnet-small", []), ("capsnet-small", ["--eps-warmup", "0"]), ("cnn-small", [])]:
         main(["train", "mnist", "--subset", "--model", model, "--adversarial", "fgsm-rs", *extra,
               "--store", str(tmp_path), "--quiet"])
-    assert seen == [adversarial.CAPSULE_EPS_WARMUP, 0, None]
-    assert capsys.readouterr().err.count("eps warm-up: 2 epochs, the default for capsule models") == 1
+    assert seen == [adversarial.DEFAULT_EPS_WARMUP, 0, adversarial.DEFAULT_EPS_WARMUP]
+    assert capsys.readouterr().err.count("eps warm-up: 2 epochs, the default (--eps-warmup 0 turns it off)") == 2
