@@ -294,8 +294,9 @@ def test_adversarial_runs_get_an_eps_warmup_unless_told_otherwise(tmp_path, monk
     seen = []
     monkeypatch.setattr("capsrobust.cli.train._train_and_publish",
                         lambda store, run_dir, spec, dataset, settings, *rest: seen.append(settings.eps_warmup))
-    for model, extra in [("capsnet-small", []), ("capsnet-small", ["--eps-warmup", "0"]), ("cnn-small", [])]:
+    for model, extra in [("capsnet-small", []), ("capsnet-small", ["--eps-warmup", "0"]), ("cnn-small", []),
+                         ("cnn-small", ["--epochs", "2"]), ("cnn-small", ["--epochs", "1"])]:
         main(["train", "mnist", "--subset", "--model", model, "--adversarial", "fgsm-rs", *extra,
               "--store", str(tmp_path), "--quiet"])
-    assert seen == [adversarial.DEFAULT_EPS_WARMUP, 0, adversarial.DEFAULT_EPS_WARMUP]
+    assert seen == [adversarial.DEFAULT_EPS_WARMUP, 0, adversarial.DEFAULT_EPS_WARMUP, 1, 0]  # an epoch at full eps
     assert capsys.readouterr().err.count("eps warm-up: 2 epochs, the default (--eps-warmup 0 turns it off)") == 2

@@ -75,8 +75,9 @@ def add_parser(subparsers) -> None:
                                   "(default 7; Madry et al. used 40 x 0.01)")
     adversarial.add_argument("--beta", type=non_negative_float, help="trades: weight of the KL term (default 6)")
     adversarial.add_argument("--eps-warmup", type=non_negative_int, metavar="EPOCHS",
-                             help="raise eps linearly from 0 over the first EPOCHS epochs (default 2: without it, "
-                                  "short runs of capsnet-small and cnn-small at eps 0.3 stayed at chance)")
+                             help="raise eps linearly from 0 over the first EPOCHS epochs (default 2, at most --epochs "
+                                  "minus 1: without it, short runs of capsnet-small and cnn-small at eps 0.3 stayed "
+                                  "at chance)")
     add_data_args(parser)
     add_store_arg(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -130,13 +131,14 @@ def train_model(args):
         if args.adversarial and eps_warmup is None:
             from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
 
-            eps_warmup = DEFAULT_EPS_WARMUP  # without it, short runs stayed at chance (adversarial.py)
+            # Without it, short runs stayed at chance (adversarial.py); never so long that no epoch trains at eps.
+            eps_warmup = min(DEFAULT_EPS_WARMUP, (args.epochs or 30) - 1)
         settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
                                  lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
                                  early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices,
                                  adversarial=args.adversarial, eps=args.eps, attack_steps=args.attack_steps,
                                  beta=args.beta, eps_warmup=eps_warmup)
-        if eps_warmup != args.eps_warmup:
+        if eps_warmup and eps_warmup != args.eps_warmup:
             err_console.print(f"eps warm-up: {eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
                               highlight=False)
         spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
