@@ -13,7 +13,7 @@ The weight: neither paper gives a value for MNIST (Qin et al. tune it). Its scal
 gradient, since each step takes the sign. Our default, 0.1, was measured on the stored full-MNIST capsnet (1 epoch,
 98.66% test; margin loss; eps 0.1; 20 test images; 2-core CPU): BIM fooled 40% of them, 35% undetected; R-BIM with
 weight 0.1 fooled 45%, all undetected; with weight 1.0 only 20%. It is recorded in every report (`detector_penalty`);
-set it with `--recon-weight`. R-BIM trades success for stealth, so compare it with BIM by the undetected success
+set it with `--detector-penalty`. R-BIM trades success for stealth, so compare it with BIM by the undetected success
 rate.
 
 Where the sweep gives it the detector's threshold (`options["detector_threshold"]`), an image stops at its first

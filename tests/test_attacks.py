@@ -1,4 +1,4 @@
-"""Attack factories and the shared loop: eps-ball and [0, 1] bounds, attack-strength ordering, defaults, validation,
+"""The attack registry and the shared loop: eps-ball and [0, 1] bounds, attack-strength ordering, defaults, validation,
 determinism, agreement with ART's BIM and PGD, the first successful iterate kept, the loss chain and restarts."""
 
 import math
