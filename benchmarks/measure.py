@@ -4,6 +4,7 @@ TensorFlow runs kernels as `tf.function` graphs (as the trainer and the ART brid
 its allocator; JAX runs them under `jax.jit` and reports the compiled call's buffer sizes.
 """
 
+import time
 from typing import Callable, Sequence
 
 import keras
@@ -74,6 +75,17 @@ class CompiledStep:
             return int(tf.config.experimental.get_memory_info(device)["peak"] - before)
         stats = self._step.lower(*inputs).compile().memory_analysis()
         return None if stats is None else int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
+
+
+def timed_rounds(benchmark, step: CompiledStep, inputs: list, target_seconds: float = 1.0) -> int | None:
+    """Benchmarks `step(*inputs)` after compiling it, with as many rounds (3 to 20) as fit in about
+    `target_seconds`; returns its peak memory (`CompiledStep.peak_bytes`)."""
+    step(*inputs)  # compiles
+    started = time.perf_counter()
+    step(*inputs)
+    rounds = int(np.clip(target_seconds / max(time.perf_counter() - started, 1e-4), 3, 20))
+    benchmark.pedantic(step, args=tuple(inputs), rounds=rounds, iterations=1)
+    return step.peak_bytes(*inputs)
 
 
 def to_device(arrays: Sequence[np.ndarray]) -> list:

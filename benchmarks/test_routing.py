@@ -10,12 +10,11 @@ models' routing settings. Both kernels of a pair run the same compiled way: `tf.
 the ART bridge runs them, or with `--jit` compiled by XLA, as the trainer runs them (`jit_compile="auto"`).
 """
 
-import time
 
 import numpy as np
 import pytest
 
-from benchmarks.measure import CompiledStep, to_device
+from benchmarks.measure import CompiledStep, timed_rounds, to_device
 from capsrobust.em_routing import em_routing
 from capsrobust.ops import squash
 from capsrobust.routing import capsule_votes, dynamic_routing
@@ -27,16 +26,6 @@ MODES = ["forward", "fwd+bwd"]
 # pass, and em-capsnet's second ConvCaps at batch 128 (680 MB of votes) ran a 24 GB machine out of memory.
 # Skipped: em-capsnet's first ConvCaps at batch 32 and 128, its second at batch 128.
 MAX_VOTES_BYTES = 256 << 20
-TARGET_SECONDS = 1.0  # per test, roughly: rounds = TARGET_SECONDS / (one call), between 3 and 20
-
-
-def _run(benchmark, step: CompiledStep, inputs: list) -> int | None:
-    step(*inputs)  # compiles
-    started = time.perf_counter()
-    step(*inputs)
-    rounds = int(np.clip(TARGET_SECONDS / max(time.perf_counter() - started, 1e-4), 3, 20))
-    benchmark.pedantic(step, args=tuple(inputs), rounds=rounds, iterations=1)
-    return step.peak_bytes(*inputs)
 
 
 @pytest.mark.parametrize("variant", ["fast", "reference"])
@@ -55,7 +44,7 @@ def test_dynamic_routing(benchmark, record, jit, batch, iterations, mode, varian
             return tiled_dynamic_routing(u, w, iterations)
     probe = rng.normal(size=(10, 16)).astype("float32")
     step = CompiledStep(routing, [probe], backward=mode == "fwd+bwd", jit=jit)
-    peak = _run(benchmark, step, to_device([inputs, kernel]))
+    peak = timed_rounds(benchmark, step, to_device([inputs, kernel]))
     record("routing", f"dynamic {iterations} it, batch {batch}, {mode}{', xla' * jit}", variant, peak_bytes=peak,
            batch=batch, xla=jit)
 
@@ -104,6 +93,6 @@ def test_em_routing(benchmark, record, jit, batch, layer, mode, variant):
     probes = [rng.normal(size=(positions, parents, 16)).astype("float32"),
               rng.normal(size=(positions, parents)).astype("float32")]
     step = CompiledStep(routing, probes, backward=mode == "fwd+bwd", jit=jit)
-    peak = _run(benchmark, step, to_device([votes, activations, betas, betas]))
+    peak = timed_rounds(benchmark, step, to_device([votes, activations, betas, betas]))
     record("routing", f"EM {layer}, batch {batch}, {mode}{', xla' * jit}", variant, peak_bytes=peak, batch=batch,
            xla=jit)

@@ -10,12 +10,11 @@ forms (`matrix_self_attention_routing`) grow with the square of the children and
 TensorFlow, as the ART bridge runs them, or with `--jit` compiled by XLA, as the trainer runs them.
 """
 
-import time
 
 import numpy as np
 import pytest
 
-from benchmarks.measure import CompiledStep, to_device
+from benchmarks.measure import CompiledStep, timed_rounds, to_device
 from capsrobust.ops import exponential_squash
 from capsrobust.routing import capsule_votes, self_attention_routing
 from capsrobust.routing_reference import matrix_self_attention_routing
@@ -27,16 +26,6 @@ PARENTS, PARENT_DIM, CHILD_DIM = 10, 16, 8
 # The reference's agreement matrices, (batch, parents, children, children), are skipped above this, as
 # benchmarks/test_routing.py skips large votes: at 1,152 children and batch 32 they would take 1.7 GB.
 MAX_AGREEMENT_BYTES = 256 << 20
-TARGET_SECONDS = 1.0  # per test, roughly: rounds = TARGET_SECONDS / (one call), between 3 and 20
-
-
-def _run(benchmark, step: CompiledStep, inputs: list) -> int | None:
-    step(*inputs)  # compiles
-    started = time.perf_counter()
-    step(*inputs)
-    rounds = int(np.clip(TARGET_SECONDS / max(time.perf_counter() - started, 1e-4), 3, 20))
-    benchmark.pedantic(step, args=tuple(inputs), rounds=rounds, iterations=1)
-    return step.peak_bytes(*inputs)
 
 
 @pytest.mark.parametrize("variant", ["fast", "reference"])
@@ -61,6 +50,6 @@ def test_self_attention_routing(benchmark, record, jit, batch, layer, mode, vari
             return matrix_self_attention_routing(capsule_votes(u, w, by_parent=True), b)
     probe = rng.normal(size=(PARENTS, PARENT_DIM)).astype("float32")
     step = CompiledStep(routing, [probe], backward=mode == "fwd+bwd", jit=jit)
-    peak = _run(benchmark, step, to_device([inputs, kernel, priors]))
+    peak = timed_rounds(benchmark, step, to_device([inputs, kernel, priors]))
     case = f"self-attention {layer} ({children} children), batch {batch}, {mode}{', xla' * jit}"
     record("routing", case, variant, peak_bytes=peak, batch=batch, xla=jit)
