@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["capsrobust", "capsrobust.*", "attacks", "attacks.*"]),
-    package_data={"capsrobust.data": ["subset/*/*.gz", "subset/SOURCE.md", "subset/SHA256SUMS"]},
+    package_data={"capsrobust.data": ["subset/*/*.gz", "subset/SOURCE.md", "subset/SHA256SUMS"],
+                  "capsrobust": ["zoo/*/card.json", "zoo/*/model.weights.h5"]},
     install_requires=[
         "tensorflow>=2.18,<2.22",
         "keras>=3.8,<4",

@@ -5,19 +5,23 @@ Layout under the store root (`--store`, else `$CAPSROBUST_HOME`, else `~/.capsro
     models/<model>-<dataset>-<YYYYmmdd-HHMMSS>-<hex>/card.json, model.weights.h5   finished models
     runs/<same kind of id>/                                                       training runs (checkpoints, logs)
 
+The zoo, `capsrobust/zoo/<id>/` inside the package, holds converged models in the same layout, read-only: every
+command sees them beside the store's own entries, and a registered name resolves to the user's best entry before the
+zoo's (`resolve`). `add_to_zoo` copies a store entry there, byte for byte, for a maintainer working from a checkout.
+
 An entry appears in one `rename` of a fully written directory, so readers and concurrent writers never see half an
 entry, and two trainings never share a directory. Loading rebuilds the architecture from the registry by name and
 JSON config, checks the weights' sha256 against the card, and reads plain HDF5 arrays: nothing from the store can run
 code.
 """
 
+import dataclasses
 import datetime
 import hashlib
 import os
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from capsrobust.cards import card_problem, seal
@@ -28,6 +32,7 @@ from capsrobust.models import create_model
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.weights.h5"
 RUN_FILE = "run.json"
+ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
 def default_root() -> Path:
@@ -64,14 +69,16 @@ def model_name_of(model_id: str) -> str:
     return match.group(1) if match else model_id
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Entry:
-    """A store entry; `problem` says why a broken entry cannot be loaded (empty for a healthy one)."""
+    """A store entry; `problem` says why a broken entry cannot be loaded (empty for a healthy one); `zoo` marks one
+    that ships with the package."""
 
     id: str
     path: Path
     card: dict
     problem: str = ""
+    zoo: bool = False
 
     # A broken entry's card may hold anything (that is why it is broken), so these never assume its types.
     @property
@@ -90,6 +97,49 @@ class Entry:
         return float(value) if _is_number(value) else float("nan")
 
 
+def _entry_dirs(directory: Path) -> list[Path]:
+    """The entry directories in a store's `models/` or the zoo (not the staging directories of a publish)."""
+    if not directory.is_dir():
+        return []
+    return [path for path in sorted(directory.iterdir()) if path.is_dir() and not path.name.startswith((".", "_"))]
+
+
+def add_to_zoo(entry: Entry, zoo_dir: Path = ZOO_DIR) -> Path:
+    """Copies a healthy, verified store entry into the zoo, byte for byte (card and weights), in one `rename`.
+
+    Only whole-data-set models with the sample figure the zoo's tests check (`metrics.sample_accuracy`, recorded by
+    `capsrobust train` when it publishes) are taken.
+
+    Raises:
+        StoreError: a broken or zoo entry, one without the sample figure or trained on the sample, an existing zoo
+            entry of that id, or an unwritable zoo directory.
+    """
+    if entry.zoo:
+        raise StoreError(f"{entry.id} is already a zoo entry")
+    if entry.problem:
+        raise StoreError(f"store entry {entry.id} is broken: {entry.problem}")
+    if sha256_of(entry.path / WEIGHTS_FILE) != entry.card["weights"]["sha256"]:
+        raise StoreError(f"{entry.path / WEIGHTS_FILE} does not match its card's sha256; not shipped")
+    if entry.card["dataset"].get("source") == "subset":
+        raise StoreError(f"{entry.id} was trained on the bundled sample; the zoo ships models trained on whole data sets")
+    if not _is_number(entry.card.get("metrics", {}).get("sample_accuracy")):
+        raise StoreError(f"{entry.id}'s card has no sample_accuracy (cards written before it was recorded); "
+                         f"train the model again to ship it")
+    target = Path(zoo_dir) / entry.id
+    if target.exists():
+        raise StoreError(f"the zoo already holds {entry.id} ({target})")
+    staging = Path(zoo_dir) / f".staging-{entry.id}-{secrets.token_hex(3)}"
+    try:
+        staging.mkdir(parents=True)
+        for name in (CARD_FILE, WEIGHTS_FILE):
+            shutil.copyfile(entry.path / name, staging / name)
+        os.rename(staging, target)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StoreError(f"cannot write into the zoo at {zoo_dir}: {error.strerror}") from None
+    return target
+
+
 def _field(card: dict, section: str, key: str):
     """`card[section][key]`, or None where the section is not a dict or lacks the key."""
     part = card.get(section)
@@ -103,10 +153,12 @@ def _is_number(value) -> bool:
 class ModelStore:
     """Trained models and training runs under one root directory."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, zoo: str | os.PathLike | None = ZOO_DIR):
+        """`root`: the store's directory (default `default_root()`); `zoo`: the read-only zoo beside it (None: none)."""
         self.root = Path(root) if root is not None else default_root()
         self.models_dir = self.root / "models"
         self.runs_dir = self.root / "runs"
+        self.zoo_dir = Path(zoo) if zoo is not None else None
 
     # Runs ----------------------------------------------------------------------------------------------------------
 
@@ -190,16 +242,22 @@ class ModelStore:
         spec = read_json(Path(run_dir) / RUN_FILE)
         write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
 
-    def entries(self, verify: bool = False) -> list[Entry]:
-        """Every entry, healthy or not (a broken one carries its `problem`), oldest first.
+    def entries(self, verify: bool = False, zoo: bool = True) -> list[Entry]:
+        """Every entry, healthy or not (a broken one carries its `problem`): the store's own, oldest first, then the
+        zoo's.
 
         Args:
             verify: also hash every weights file and mark those that do not match their card (reads all weights).
+            zoo: include the zoo's entries.
         """
-        if not self.models_dir.is_dir():
-            return []
-        return [self._read_entry(path, verify) for path in sorted(self.models_dir.iterdir())
-                if path.is_dir() and not path.name.startswith(".")]
+        own = _entry_dirs(self.models_dir)
+        shipped = _entry_dirs(self.zoo_dir) if zoo and self.zoo_dir is not None else []
+        return [self._read_entry(path, verify) for path in own] + \
+            [dataclasses.replace(self._read_entry(path, verify), zoo=True) for path in shipped]
+
+    def zoo_entries(self, verify: bool = False) -> list[Entry]:
+        """The zoo's entries alone."""
+        return [e for e in self.entries(verify) if e.zoo]
 
     def _read_entry(self, path: Path, verify: bool = False) -> Entry:
         try:
@@ -224,7 +282,8 @@ class ModelStore:
         return Entry(path.name, path, card)
 
     def resolve(self, name: str, dataset: str | None = None) -> Entry:
-        """An entry by id, or the best healthy entry of a registered model name (highest validation accuracy).
+        """An entry by id, or the best healthy entry of a registered model name (highest validation accuracy): the
+        user's own where there is one, else the zoo's.
 
         Raises:
             StoreError: nothing matches.
@@ -233,10 +292,11 @@ class ModelStore:
         for entry in entries:
             if entry.id == name:
                 if entry.problem:
-                    raise StoreError(f"store entry {name} is broken: {entry.problem}")
+                    raise StoreError(f"{'zoo' if entry.zoo else 'store'} entry {name} is broken: {entry.problem}")
                 return entry
         candidates = [e for e in entries
                       if not e.problem and e.model == name and (dataset is None or e.dataset == dataset)]
+        candidates = [e for e in candidates if not e.zoo] or candidates
         if not candidates:
             on = f" on {dataset}" if dataset else ""
             raise StoreError(f"no trained {name!r}{on} in {self.models_dir}; train one with "
@@ -250,7 +310,7 @@ class ModelStore:
             StoreError: broken entry, sha256 mismatch, or weights that do not fit the architecture.
         """
         if entry.problem:
-            raise StoreError(f"store entry {entry.id} is broken: {entry.problem}")
+            raise StoreError(f"{'zoo' if entry.zoo else 'store'} entry {entry.id} is broken: {entry.problem}")
         weights = entry.path / WEIGHTS_FILE
         expected = entry.card.get("weights", {}).get("sha256")
         try:

@@ -20,17 +20,18 @@ def run(args) -> int:
     from capsrobust.models import create_model, get_model_spec, list_models
     from capsrobust.store import ModelStore
 
-    registry = Table(title="model registry")
-    for column in ("name", "family", "parameters", "description"):
+    registry = Table(title="model registry (recipe: what `capsrobust train DATASET --model NAME` does)")
+    for column in ("name", "family", "parameters", "recipe", "description"):
         registry.add_column(column, justify="right" if column == "parameters" else "left")
     for name in list_models():
         spec = get_model_spec(name)
-        registry.add_row(name, spec.family, f"{create_model(name).count_params():,}", spec.description)
+        registry.add_row(name, spec.family, f"{create_model(name).count_params():,}", spec.recipe.summary(),
+                         spec.description)
     console.print(registry)
 
     store = ModelStore(args.store)
     entries = store.entries(verify=True)
-    trained = Table(title=f"trained models in {store.models_dir}")
+    trained = Table(title=f"trained models in {store.models_dir} and the zoo (`capsrobust zoo`)")
     trained.add_column("id", no_wrap=True)
     for column in ("model", "data set", "trained against", "epochs", "val acc", "test acc", "backend", "trained"):
         trained.add_column(column)
@@ -39,7 +40,7 @@ def run(args) -> int:
         # A broken entry's card may hold anything: show only what a healthy card guarantees.
         card = {} if entry.problem else entry.card
         metrics, training, data = card.get("metrics", {}), card.get("training", {}), card.get("dataset", {})
-        status = "[red]broken[/]" if entry.problem else "[green]ok[/]"
+        status = "[red]broken[/]" if entry.problem else "[green]ok[/]" + (" (zoo)" if entry.zoo else "")
         source = " (subset)" if data.get("source") == "subset" else ""
         threat = card.get("threat_model")
         trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", threat_model_summary(threat) or "-",

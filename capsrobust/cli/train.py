@@ -44,13 +44,14 @@ def add_parser(subparsers) -> None:
     add_removed_flag(model, "--recon-weight", RECON_WEIGHT_GONE)
     model.add_argument("--config", type=config_item, action="append", default=[], metavar="KEY=VALUE",
                        help="any other configuration key of the model, e.g. --config conv_channels=128")
-    optim = parser.add_argument_group("training")
-    optim.add_argument("--epochs", type=positive_int, help="epochs (default 30)")
-    optim.add_argument("--batch-size", type=positive_int, default=128, help="images per step (default 128)")
-    optim.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
-    optim.add_argument("--lr-decay", type=positive_float, default=0.9, help="learning rate factor per epoch (0.9)")
-    optim.add_argument("--shift", type=non_negative_int, default=2,
-                       help="random shift augmentation in pixels (2); smallnorb uses random 32x32 crops instead")
+    optim = parser.add_argument_group("training (unset options follow the model's recipe: see `capsrobust models`)")
+    optim.add_argument("--epochs", type=positive_int, help="epochs (recipe; most models 30)")
+    optim.add_argument("--batch-size", type=positive_int, help="images per step (recipe; most models 128)")
+    optim.add_argument("--lr", type=positive_float, help="Adam learning rate (recipe; most models 0.001)")
+    optim.add_argument("--lr-decay", type=positive_float, help="learning rate factor per epoch (recipe; most 0.9)")
+    optim.add_argument("--shift", type=non_negative_int,
+                       help="random shift augmentation in pixels (recipe; most 2); smallnorb uses random 32x32 crops "
+                            "instead")
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     optim.add_argument("--strategy", default="auto",
                        help="data parallelism, auto|none|mirrored|multi-worker: mirrored uses the local GPUs, or the "
@@ -105,7 +106,7 @@ def train_model(args):
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
     from capsrobust.errors import StoreError
-    from capsrobust.models import create_model, model_config
+    from capsrobust.models import create_model, get_model_spec, model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
 
@@ -127,17 +128,19 @@ def train_model(args):
                  "recon_weight": args.recon_loss_weight}
         overrides.update({key: value for key, value in flags.items() if value is not None})  # keep --config's
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
+        given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+                 "lr_decay": args.lr_decay, "max_shift": args.shift}
+        optimisation = {**get_model_spec(model_name).recipe.settings(),
+                        **{k: v for k, v in given.items() if v is not None}}
         eps_warmup = args.eps_warmup
         if args.adversarial and eps_warmup is None:
             from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
 
             # Without it, short runs stayed at chance (adversarial.py); never so long that no epoch trains at eps.
-            eps_warmup = min(DEFAULT_EPS_WARMUP, (args.epochs or 30) - 1)
-        settings = TrainSettings(epochs=args.epochs or 30, batch_size=args.batch_size, learning_rate=args.lr,
-                                 lr_decay=args.lr_decay, max_shift=args.shift, seed=args.seed,
-                                 early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices,
-                                 adversarial=args.adversarial, eps=args.eps, attack_steps=args.attack_steps,
-                                 beta=args.beta, eps_warmup=eps_warmup)
+            eps_warmup = min(DEFAULT_EPS_WARMUP, optimisation["epochs"] - 1)
+        settings = TrainSettings(**optimisation, seed=args.seed, early_stopping=args.early_stopping,
+                                 strategy=args.strategy, devices=args.devices, adversarial=args.adversarial,
+                                 eps=args.eps, attack_steps=args.attack_steps, beta=args.beta, eps_warmup=eps_warmup)
         if eps_warmup and eps_warmup != args.eps_warmup:
             err_console.print(f"eps warm-up: {eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
                               highlight=False)
@@ -187,6 +190,19 @@ def _fit_config(model_name: str, overrides: dict, dataset) -> dict:
     return config
 
 
+def _sample_accuracy(model, dataset) -> dict:
+    """Accuracy on the test images of the sample bundled with the package (MNIST and Fashion-MNIST), recorded so
+    that anyone can check a shipped model against its card without the full data set; {} for other data sets."""
+    from capsrobust.data import load_dataset
+    from capsrobust.data.datasets import SUBSET_DIR
+    from capsrobust.models.predict import accuracy
+
+    if not (SUBSET_DIR / dataset.name).is_dir():
+        return {}
+    sample = dataset if dataset.source == "subset" else load_dataset(dataset.name, subset=True)
+    return {"sample_accuracy": accuracy(model, sample.x_test, sample.y_test), "sample_images": len(sample.x_test)}
+
+
 def _find_run(store, args):
     from capsrobust.errors import ConfigError
 
@@ -225,7 +241,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console
     state = result.state
     threat = settings.threat_model()
     metrics = {"val_accuracy": state.best_val_accuracy, "test_accuracy": test_accuracy,
-               "test_images": len(dataset.x_test)}
+               "test_images": len(dataset.x_test), **_sample_accuracy(result.model, dataset)}
     if threat is not None:
         # A training check on the first 1,000 test images, not an evaluation: `capsrobust attack` is that.
         images, labels = dataset.x_test[:1000], dataset.y_test[:1000]

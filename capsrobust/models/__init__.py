@@ -2,8 +2,8 @@
 
 from capsrobust.models import capsnet, cnn, efficient_capsnet, em_capsnet  # noqa: F401  (registration side effect)
 from capsrobust.models.base import POSES, RECONSTRUCTION, SCORES, CapsrobustModel
-from capsrobust.models.registry import (ModelSpec, create_model, get_model_spec, list_models, model_config,
+from capsrobust.models.registry import (ModelSpec, Recipe, create_model, get_model_spec, list_models, model_config,
                                         register_model, register_variant)
 
-__all__ = ["POSES", "RECONSTRUCTION", "SCORES", "CapsrobustModel", "ModelSpec", "create_model", "get_model_spec",
+__all__ = ["POSES", "RECONSTRUCTION", "SCORES", "CapsrobustModel", "ModelSpec", "Recipe", "create_model", "get_model_spec",
            "list_models", "model_config", "register_model", "register_variant"]

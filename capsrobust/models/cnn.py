@@ -8,6 +8,7 @@ from keras import ops
 
 from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models.base import CapsrobustModel
+from capsrobust.models.efficient_capsnet import CPU_RECIPE as EFFICIENT_CAPSNET_RECIPE
 from capsrobust.models.registry import register_model, register_variant
 
 
@@ -138,11 +139,11 @@ register_variant("cnn-recon", base="cnn-baseline",
 _MATCHED = dict(conv_channels=(32, 64, 64, 128), conv_kernel=(5, 3, 3, 3), conv_strides=(1, 1, 1, 2),
                 padding="valid", batch_norm=True, depthwise_kernel=9, dropout=0.0)
 
-register_variant("cnn-matched", base="cnn-baseline",
+register_variant("cnn-matched", base="cnn-baseline", recipe=EFFICIENT_CAPSNET_RECIPE,
                  description="CNN matched to efficient-capsnet: its conv + batch norm stack and depthwise conv, "
                              "FC 160; 163,434 trainable parameters (efficient-capsnet: 161,824 without decoder)",
                  **_MATCHED, dense_units=(160,))
-register_variant("cnn-matched-recon", base="cnn-baseline",
+register_variant("cnn-matched-recon", base="cnn-baseline", recipe=EFFICIENT_CAPSNET_RECIPE,
                  description="cnn-matched with a pose per class (10 x 16) instead of its FC 160, and "
                              "efficient-capsnet's decoder; 161,994 trainable parameters without the decoder, "
                              "1,573,338 with",
