@@ -27,7 +27,7 @@ from pathlib import Path
 from capsrobust.cards import card_problem, seal
 from capsrobust.errors import StoreError
 from capsrobust.io import read_json, write_json
-from capsrobust.models import create_model
+from capsrobust.models import create_model, list_models
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -87,6 +87,11 @@ class Entry:
         return model if isinstance(model, str) else "?"
 
     @property
+    def name(self) -> str:
+        """The name `--model` knows it by: the registry name, with `-at` if it was adversarially trained."""
+        return self.model + (DEFENDED_SUFFIX if is_defended(self) else "")
+
+    @property
     def dataset(self) -> str:
         name = _field(self.card, "dataset", "name")
         return name if isinstance(name, str) else "?"
@@ -95,6 +100,20 @@ class Entry:
     def val_accuracy(self) -> float:
         value = _field(self.card, "metrics", "val_accuracy")
         return float(value) if _is_number(value) else float("nan")
+
+
+DEFENDED_SUFFIX = "-at"
+
+
+def model_and_defence(name: str) -> tuple[str, bool]:
+    """`("cnn-small", True)` for `cnn-small-at` (adversarially trained), `("cnn-small", False)` for `cnn-small`."""
+    base = name.removesuffix(DEFENDED_SUFFIX)
+    return (base, True) if base != name and base in list_models() else (name, False)
+
+
+def is_defended(entry: Entry) -> bool:
+    """Whether the entry's model was adversarially trained (its card has a threat model)."""
+    return isinstance(entry.card.get("threat_model"), dict)
 
 
 def _entry_dirs(directory: Path) -> list[Path]:
@@ -164,7 +183,9 @@ class ModelStore:
 
     def new_run(self, spec: dict) -> Path:
         """Creates a run directory holding `run.json` (what to train and how) and returns it."""
-        run_dir = self.runs_dir / _new_id(spec["model"], spec["dataset"]["name"])
+        # An adversarially trained model's id says so (`cnn-small-at-mnist-...`), and reports name it by its id.
+        defended = DEFENDED_SUFFIX if spec.get("settings", {}).get("adversarial") else ""
+        run_dir = self.runs_dir / _new_id(spec["model"] + defended, spec["dataset"]["name"])
         try:
             run_dir.mkdir(parents=True)
             write_json(run_dir / RUN_FILE, {**spec, "run": run_dir.name})
@@ -281,26 +302,37 @@ class ModelStore:
                                                     "(modified or corrupted)")
         return Entry(path.name, path, card)
 
-    def resolve(self, name: str, dataset: str | None = None) -> Entry:
+    def resolve(self, name: str, dataset: str | None = None, zoo_only: bool = False) -> Entry:
         """An entry by id, or the best healthy entry of a registered model name (highest validation accuracy): the
         user's own where there is one, else the zoo's.
+
+        A plain name (`cnn-small`) picks among undefended entries, the name with `-at` (`cnn-small-at`) among the
+        adversarially trained ones (cards with a `threat_model`), so that neither is ever taken for the other.
+
+        Args:
+            name: a registered model name, with `-at` or without, or an entry id.
+            dataset: only entries trained on this data set.
+            zoo_only: only the zoo's entries (the demo: not whatever the user trained last).
 
         Raises:
             StoreError: nothing matches.
         """
-        entries = self.entries()
+        entries = [e for e in self.entries() if e.zoo or not zoo_only]
         for entry in entries:
             if entry.id == name:
                 if entry.problem:
                     raise StoreError(f"{'zoo' if entry.zoo else 'store'} entry {name} is broken: {entry.problem}")
                 return entry
-        candidates = [e for e in entries
-                      if not e.problem and e.model == name and (dataset is None or e.dataset == dataset)]
+        model, defended = model_and_defence(name)
+        candidates = [e for e in entries if not e.problem and e.model == model and is_defended(e) == defended
+                      and (dataset is None or e.dataset == dataset)]
         candidates = [e for e in candidates if not e.zoo] or candidates
         if not candidates:
             on = f" on {dataset}" if dataset else ""
-            raise StoreError(f"no trained {name!r}{on} in {self.models_dir}; train one with "
-                             f"`capsrobust train {dataset or 'mnist'} --model {name}`")
+            how = " --adversarial pgd --eps 0.3" if defended else ""
+            where = "the zoo" if zoo_only else f"{self.models_dir} or the zoo"
+            raise StoreError(f"no trained {name!r}{on} in {where}; train one with "
+                             f"`capsrobust train {dataset or 'mnist'} --model {model}{how}`")
         return max(candidates, key=lambda e: (e.val_accuracy, e.card.get("created", "")))
 
     def load(self, entry: Entry):

@@ -136,6 +136,10 @@ def entry_dataset(entry, args):
 
     trained_on = entry.card["dataset"]
     subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    if subset and trained_on["source"] != "subset":
+        # A model trained on the whole data set, evaluated on the sample's test images (which are the first 1,000 of
+        # the whole test set): its training split does not apply to the sample, and its card holds the detector.
+        return load_dataset(trained_on["name"], subset=True)
     return load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset, val_size=trained_on.get("val"),
                         val_seed=trained_on.get("val_seed"))
 

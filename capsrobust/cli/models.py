@@ -43,7 +43,7 @@ def run(args) -> int:
         status = "[red]broken[/]" if entry.problem else "[green]ok[/]" + (" (zoo)" if entry.zoo else "")
         source = " (subset)" if data.get("source") == "subset" else ""
         threat = card.get("threat_model")
-        trained.add_row(entry.id, entry.model, f"{entry.dataset}{source}", threat_model_summary(threat) or "-",
+        trained.add_row(entry.id, entry.name, f"{entry.dataset}{source}", threat_model_summary(threat) or "-",
                         str(training.get("epochs_completed", "")),
                         _fraction(metrics.get("val_accuracy")), _fraction(metrics.get("test_accuracy")),
                         card.get("backend", ""), card.get("created", "")[:16].replace("T", " "), status)

@@ -39,7 +39,7 @@ def run(args) -> int:
     table = Table(title=f"test accuracy of {entry.id}")
     for column in ("model", "data set", "images", "accuracy", "error", "img/s"):
         table.add_column(column, justify="right" if column not in ("model", "data set") else "left")
-    table.add_row(entry.model, f"{dataset.name} test ({dataset.source})", str(len(images)), f"{test_accuracy:.4f}",
+    table.add_row(entry.name, f"{dataset.name} test ({dataset.source})", str(len(images)), f"{test_accuracy:.4f}",
                   f"{100 * (1 - test_accuracy):.2f}%", f"{len(images) / seconds:.0f}")
     trained_on, tested_on = entry.card.get("backend"), keras.backend.backend()
     if trained_on and trained_on != tested_on:  # the weights file is the same under every backend; say so

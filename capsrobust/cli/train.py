@@ -106,7 +106,7 @@ def train_model(args):
     from capsrobust.console import console, err_console
     from capsrobust.data import load_dataset
     from capsrobust.errors import StoreError
-    from capsrobust.models import create_model, get_model_spec, model_config
+    from capsrobust.models import create_model, model_config
     from capsrobust.store import ModelStore
     from capsrobust.training import TrainSettings
 
@@ -128,21 +128,9 @@ def train_model(args):
                  "recon_weight": args.recon_loss_weight}
         overrides.update({key: value for key, value in flags.items() if value is not None})  # keep --config's
         config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
-        given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-                 "lr_decay": args.lr_decay, "max_shift": args.shift}
-        optimisation = {**get_model_spec(model_name).recipe.settings(),
-                        **{k: v for k, v in given.items() if v is not None}}
-        eps_warmup = args.eps_warmup
-        if args.adversarial and eps_warmup is None:
-            from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
-
-            # Without it, short runs stayed at chance (adversarial.py); never so long that no epoch trains at eps.
-            eps_warmup = min(DEFAULT_EPS_WARMUP, optimisation["epochs"] - 1)
-        settings = TrainSettings(**optimisation, seed=args.seed, early_stopping=args.early_stopping,
-                                 strategy=args.strategy, devices=args.devices, adversarial=args.adversarial,
-                                 eps=args.eps, attack_steps=args.attack_steps, beta=args.beta, eps_warmup=eps_warmup)
-        if eps_warmup and eps_warmup != args.eps_warmup:
-            err_console.print(f"eps warm-up: {eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
+        settings = training_settings(model_name, args)
+        if settings.eps_warmup and settings.eps_warmup != args.eps_warmup:
+            err_console.print(f"eps warm-up: {settings.eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
                               highlight=False)
         spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
                 "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size},
@@ -165,6 +153,25 @@ def train_model(args):
                       f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
                       f"run {run_dir.name}")
     return _train_and_publish(store, run_dir, spec, dataset, settings, None if args.quiet else err_console, console)
+
+
+def training_settings(model_name: str, args):
+    """The `TrainSettings` of a new run: each optimisation flag given, else the model's recipe."""
+    from capsrobust.models import get_model_spec
+    from capsrobust.training import TrainSettings
+
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
+             "lr_decay": args.lr_decay, "max_shift": args.shift}
+    optimisation = {**get_model_spec(model_name).recipe.settings(), **{k: v for k, v in given.items() if v is not None}}
+    eps_warmup = args.eps_warmup
+    if args.adversarial and eps_warmup is None:
+        from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
+
+        # Without it, short runs stayed at chance (adversarial.py); never so long that no epoch trains at eps.
+        eps_warmup = min(DEFAULT_EPS_WARMUP, optimisation["epochs"] - 1)
+    return TrainSettings(**optimisation, seed=args.seed, early_stopping=args.early_stopping, strategy=args.strategy,
+                         devices=args.devices, adversarial=args.adversarial, eps=args.eps,
+                         attack_steps=args.attack_steps, beta=args.beta, eps_warmup=eps_warmup)
 
 
 def _fit_config(model_name: str, overrides: dict, dataset) -> dict:

@@ -44,7 +44,7 @@ def run(args) -> int:
     try:
         for i, (grid, label, predicted) in enumerate(zip(reconstructions, labels, predictions)):
             index = args.first + i
-            title = f"{entry.model}: test image {index}, label {label}, pose of predicted class {predicted}"
+            title = f"{entry.name}: test image {index}, label {label}, pose of predicted class {predicted}"
             paths.append(plots.pose_grid(grid, OFFSETS, title, out_dir / f"pose-grid-{index}.png"))
     except OSError as error:
         raise CapsrobustError(f"cannot write grids to {out_dir}: {error.strerror}") from None

@@ -65,7 +65,7 @@ def print_zoo(entries, store) -> None:
         test = metrics.get("test_accuracy")
         sample = metrics.get("sample_accuracy")
         table.add_row(
-            entry.model, entry.dataset, threat_model_summary(card.get("threat_model")) or "-",
+            entry.name, entry.dataset, threat_model_summary(card.get("threat_model")) or "-",
             f"{card.get('parameters', 0):,}", str(training.get("epochs_completed", "")),
             _minutes(training.get("seconds")),
             f"{test:.2%} of {metrics.get('test_images', 0):,}" if isinstance(test, float) else "",

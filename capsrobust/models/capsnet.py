@@ -6,7 +6,7 @@ from keras import ops
 from capsrobust.layers import PrimaryCapsules, RoutingCapsules, capsule_lengths
 from capsrobust.losses import margin_loss
 from capsrobust.models.base import CapsrobustModel
-from capsrobust.models.registry import Recipe, register_model, register_variant
+from capsrobust.models.registry import SMALL_MODELS_RECIPE, register_model, register_variant
 from capsrobust.ops import squash
 
 
@@ -63,7 +63,5 @@ def capsnet(image_shape=(28, 28, 1), num_classes=10, conv_channels=256, conv_ker
 
 register_variant("capsnet-small", base="capsnet",
                  description="CapsNet with 64 conv channels, 8x8D primary capsule types and a 256-512 decoder",
-                 recipe=Recipe(epochs=12, lr_decay=0.8,
-                               why="Sabour et al.'s recipe in 12 epochs instead of 30+ (the learning rate decays "
-                                   "x0.8 per epoch instead of x0.9), to fit about 45 minutes of a 2-core CPU"),
+                 recipe=SMALL_MODELS_RECIPE,
                  conv_channels=64, primary_types=8, decoder_units=(256, 512))
