@@ -1,8 +1,12 @@
 import os
 
-import pytest
+# TensorFlow keeps allocator statistics (current and peak bytes, resettable) on a CPU only with its BFC allocator, and
+# reads this when it starts: set before anything imports it, so that the memory benchmarks can measure on a CPU.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
-from benchmarks.results import Result, new_run, results_path, save
+import pytest  # noqa: E402
+
+from benchmarks.results import Result, new_run, results_path, save  # noqa: E402
 
 _RUN = new_run()
 

@@ -61,7 +61,8 @@ class CompiledStep:
     def peak_bytes(self, *inputs) -> int | None:
         """Peak memory of one call above what was allocated before it (the inputs), after a warm-up call.
 
-        TensorFlow: its allocator's peak on the first GPU, else the CPU. JAX: the compiled call's temporary buffers
+        TensorFlow: its allocator's peak on the first GPU, else the CPU (whose allocator keeps statistics only as the
+        BFC allocator, `TF_CPU_ALLOCATOR_USE_BFC=true`). JAX: the compiled call's temporary buffers
         plus its outputs (the compiler's plan, which is what the device will allocate).
         """
         self(*inputs)
@@ -69,7 +70,12 @@ class CompiledStep:
             import tensorflow as tf
 
             device = (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name
-            tf.config.experimental.reset_memory_stats(device)
+            try:
+                tf.config.experimental.reset_memory_stats(device)
+            except ValueError:
+                raise RuntimeError(f"TensorFlow keeps no memory statistics for {device}: on a CPU, set "
+                                   f"TF_CPU_ALLOCATOR_USE_BFC=true before it starts (benchmarks/conftest.py "
+                                   f"does)") from None
             before = tf.config.experimental.get_memory_info(device)["current"]
             self(*inputs)
             return int(tf.config.experimental.get_memory_info(device)["peak"] - before)
