@@ -263,9 +263,9 @@ class ModelStore:
         spec = read_json(Path(run_dir) / RUN_FILE)
         write_json(Path(run_dir) / RUN_FILE, {**spec, "published": entry_id})
 
-    def entries(self, verify: bool = False, zoo: bool = True) -> list[Entry]:
-        """Every entry, healthy or not (a broken one carries its `problem`): the store's own, oldest first, then the
-        zoo's.
+    def entries(self, verify: bool = False, zoo: bool = False) -> list[Entry]:
+        """Every entry, healthy or not (a broken one carries its `problem`): the store's own, oldest first, and with
+        `zoo` the zoo's after them.
 
         Args:
             verify: also hash every weights file and mark those that do not match their card (reads all weights).
@@ -278,7 +278,7 @@ class ModelStore:
 
     def zoo_entries(self, verify: bool = False) -> list[Entry]:
         """The zoo's entries alone."""
-        return [e for e in self.entries(verify) if e.zoo]
+        return [e for e in self.entries(verify, zoo=True) if e.zoo]
 
     def _read_entry(self, path: Path, verify: bool = False) -> Entry:
         try:
@@ -317,7 +317,7 @@ class ModelStore:
         Raises:
             StoreError: nothing matches.
         """
-        entries = [e for e in self.entries() if e.zoo or not zoo_only]
+        entries = [e for e in self.entries(zoo=True) if e.zoo or not zoo_only]
         for entry in entries:
             if entry.id == name:
                 if entry.problem:

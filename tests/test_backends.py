@@ -118,7 +118,7 @@ from capsrobust.store import ModelStore
 assert main(["train", "mnist", "--subset", "--model", "capsnet-small", "--epochs", "1", "--limit", "256",
              "--batch-size", "64", "--quiet"]) == 0
 store = ModelStore()
-(entry,) = store.entries(zoo=False)
+(entry,) = store.entries()
 outputs = predict_batched(store.load(entry), load_dataset("mnist", subset=True).x_test[:8])
 print(json.dumps({"id": entry.id, "outputs": {key: value.tolist() for key, value in outputs.items()},
                   "tensorflow_imported": "tensorflow" in sys.modules}))

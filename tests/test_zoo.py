@@ -53,7 +53,7 @@ def test_a_name_resolves_to_the_users_entry_before_the_zoos(user_and_zoo, tmp_pa
     own = _entry(store, val_accuracy=0.5)  # worse than the zoo's, but the user's own
     assert store.resolve("cnn-small").id == own.id
     assert store.resolve("cnn-small", zoo_only=True).id == from_zoo.id
-    assert [e.zoo for e in store.entries()] == [False, True]
+    assert [e.zoo for e in store.entries(zoo=True)] == [False, True] and store.entries() == [own]
 
 
 def test_adversarially_trained_entries_answer_to_the_at_name_only(user_and_zoo):
@@ -92,7 +92,7 @@ def test_a_damaged_zoo_file_is_reported_and_never_loaded(user_and_zoo, tmp_path)
     weights = bytearray((target / WEIGHTS_FILE).read_bytes())
     weights[len(weights) // 2] ^= 0xFF
     (target / WEIGHTS_FILE).write_bytes(weights)
-    [listed] = store.entries(verify=True)
+    [listed] = store.zoo_entries(verify=True)
     assert listed.zoo and "does not match the card's sha256" in listed.problem
     with pytest.raises(StoreError, match="does not match the card"):
         store.load(store.resolve("cnn-small"))

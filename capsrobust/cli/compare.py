@@ -32,18 +32,20 @@ def add_parser(subparsers) -> None:
 
 
 def default_models(store, dataset: str) -> list:
-    """The best healthy entry of each family trained on `dataset`."""
+    """The best healthy undefended entry of each family trained on `dataset`: the user's own, else the zoo's."""
     from capsrobust.errors import StoreError
+    from capsrobust.store import is_defended
 
     best = {}
-    for entry in store.entries():
-        if entry.problem or entry.dataset != dataset:
+    for entry in store.entries(zoo=True):
+        if entry.problem or entry.dataset != dataset or is_defended(entry):
             continue
         family = entry.card.get("family", "?")
-        if family not in best or entry.val_accuracy > best[family].val_accuracy:
+        rank = (not entry.zoo, entry.val_accuracy)
+        if family not in best or rank > (not best[family].zoo, best[family].val_accuracy):
             best[family] = entry
     if not best:
-        raise StoreError(f"no trained models on {dataset} in {store.models_dir}; train some with "
+        raise StoreError(f"no trained models on {dataset} in {store.models_dir} or the zoo; train some with "
                          f"`capsrobust train {dataset}` or run `capsrobust demo`")
     return [best[f] for f in sorted(best)]
 

@@ -30,7 +30,7 @@ def run(args) -> int:
     console.print(registry)
 
     store = ModelStore(args.store)
-    entries = store.entries(verify=True)
+    entries = store.entries(verify=True, zoo=True)
     trained = Table(title=f"trained models in {store.models_dir} and the zoo (`capsrobust zoo`)")
     trained.add_column("id", no_wrap=True)
     for column in ("model", "data set", "trained against", "epochs", "val acc", "test acc", "backend", "trained"):
