@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capsrobust.models import get_model_spec
 from capsrobust.store import CARD_FILE, ModelStore
 
 from conftest import ROOT, subprocess_env
@@ -109,7 +110,9 @@ def test_sigkill_at_every_point_then_resume_loses_no_finished_epoch(tmp_path):
     training = card["training"]
     assert training["epochs_completed"] == 3 and [h["epoch"] for h in training["history"]] == [1, 2, 3]
     assert training["history"][:2] == [epoch_1, epoch_2]
-    assert training["learning_rate"] == 1e-3 and training["lr_decay"] == 0.9 and training["epochs"] == 3
+    recipe = get_model_spec("cnn-small").recipe  # the settings the first command left to the recipe, kept by resumes
+    assert (training["learning_rate"], training["lr_decay"], training["epochs"]) == (recipe.learning_rate,
+                                                                                     recipe.lr_decay, 3)
     assert card["metrics"]["test_accuracy"] is not None and card["weights"]["sha256"]
     assert store.load(entry).count_params() == card["parameters"]
     assert _optimizer_step(run_dir, 3) == 3 * STEPS
