@@ -45,13 +45,13 @@ def add_parser(subparsers) -> None:
     model.add_argument("--config", type=config_item, action="append", default=[], metavar="KEY=VALUE",
                        help="any other configuration key of the model, e.g. --config conv_channels=128")
     optim = parser.add_argument_group("training (unset options follow the model's recipe: see `capsrobust models`)")
-    optim.add_argument("--epochs", type=positive_int, help="epochs (recipe; most models 30)")
-    optim.add_argument("--batch-size", type=positive_int, help="images per step (recipe; most models 128)")
-    optim.add_argument("--lr", type=positive_float, help="Adam learning rate (recipe; most models 0.001)")
-    optim.add_argument("--lr-decay", type=positive_float, help="learning rate factor per epoch (recipe; most 0.9)")
+    optim.add_argument("--epochs", type=positive_int, help="epochs (the recipe's, e.g. 12 for capsnet-small)")
+    optim.add_argument("--batch-size", type=positive_int, help="images per step (the recipe's, e.g. 128)")
+    optim.add_argument("--lr", type=positive_float, help="Adam learning rate (the recipe's, e.g. 0.001)")
+    optim.add_argument("--lr-decay", type=positive_float, help="learning rate factor per epoch (the recipe's, e.g. 0.8)")
     optim.add_argument("--shift", type=non_negative_int,
-                       help="random shift augmentation in pixels (recipe; most 2); smallnorb uses random 32x32 crops "
-                            "instead")
+                       help="random shift augmentation in pixels (the recipe's, e.g. 2); smallnorb uses random 32x32 "
+                            "crops instead")
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     optim.add_argument("--strategy", default="auto",
                        help="data parallelism, auto|none|mirrored|multi-worker: mirrored uses the local GPUs, or the "
