@@ -4,7 +4,6 @@ Tests of the zoo's mechanics build their own entries in temporary directories; t
 check the entries that really ship.
 """
 
-import numpy as np
 import pytest
 
 from capsrobust.cards import build_card
@@ -150,4 +149,3 @@ def test_shipped_entry_verifies_loads_and_matches_its_card_on_the_bundled_sample
     # One image either way: a borderline image may flip between CPUs' float rounding.
     assert len(sample.x_test) == card["metrics"]["sample_images"] == 1000
     assert abs(measured - card["metrics"]["sample_accuracy"]) * 1000 <= 1 + 1e-9
-    assert np.isfinite(card["metrics"]["test_accuracy"])
