@@ -8,8 +8,8 @@ from keras import ops
 
 from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models.base import CapsrobustModel
-from capsrobust.models.efficient_capsnet import CPU_RECIPE as EFFICIENT_CAPSNET_RECIPE
-from capsrobust.models.registry import SMALL_MODELS_RECIPE, register_model, register_variant
+from capsrobust.models.registry import (EFFICIENT_CAPSNET_RECIPE, SMALL_MODELS_RECIPE, register_model,
+                                        register_variant)
 
 
 class ClassPoseLogits(keras.layers.Layer):

@@ -8,7 +8,7 @@ from keras import ops
 from capsrobust.layers import SelfAttentionCapsules, capsule_lengths
 from capsrobust.losses import margin_loss
 from capsrobust.models.base import CapsrobustModel
-from capsrobust.models.registry import Recipe, register_model
+from capsrobust.models.registry import EFFICIENT_CAPSNET_RECIPE, register_model
 from capsrobust.ops import exponential_squash
 
 
@@ -77,14 +77,7 @@ class EfficientCapsNet(CapsrobustModel):
 
 # recon_weight: the authors weight the reconstruction's squared error averaged over the pixels by 0.392; our
 # `reconstruction_loss` sums it over the 784 pixels, so the same weight is 0.392 / 784 = 0.0005, Sabour et al.'s.
-# The authors train with Adam 5e-4 decaying x0.97 per epoch, batch 16, for 150 epochs on a GPU; on a 2-core CPU
-# (about 170 images/s) that is days. Batch 32 keeps most of the small batches' benefit at a better CPU throughput.
-CPU_RECIPE = Recipe(epochs=10, batch_size=32, learning_rate=1e-3, lr_decay=0.8,
-                    why="the authors' recipe (Adam 5e-4 x0.97 per epoch, batch 16, 150 epochs, a GPU) shortened to "
-                        "10 epochs at batch 32, Adam 1e-3 x0.8 per epoch, for about an hour of a 2-core CPU")
-
-
-@register_model("efficient-capsnet", family="capsule", recipe=CPU_RECIPE,
+@register_model("efficient-capsnet", family="capsule", recipe=EFFICIENT_CAPSNET_RECIPE,
                 description="Efficient-CapsNet, self-attention routing (Mazzia et al. 2021); paper configuration, "
                             "161,824 trainable parameters without the decoder (paper), 1,573,168 with")
 def efficient_capsnet(image_shape=(28, 28, 1), num_classes=10, conv_channels=(32, 64, 64, 128),
