@@ -2,7 +2,7 @@
 
 import importlib.util
 import math
-import sys
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,17 +108,17 @@ def seed_everything(seed: int) -> None:
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
         return
-    # `set_random_seed` also seeds TensorFlow whenever it is installed, importing it (seconds, and its start-up
-    # noise on stderr) into a JAX or torch process that never uses it; a None module makes that import fail (and
-    # Keras then treats TensorFlow as absent in this process, which only its tf.data and export paths would notice).
-    hidden = "tensorflow" not in sys.modules
-    if hidden:
-        sys.modules["tensorflow"] = None
-    try:
-        keras.utils.set_random_seed(seed)
-    finally:
-        if hidden:
-            del sys.modules["tensorflow"]
+    # Not `set_random_seed` here: it also seeds TensorFlow whenever it is installed, importing it (seconds, and its
+    # start-up noise on stderr) into a JAX or torch process that never uses it. What it does for these backends is
+    # seed Python's generator, from which Keras draws every seed left unset (initializers, dropout), numpy's and
+    # torch's. Its other effect, resetting Keras's global SeedGenerator, does not matter: capsrobust never draws from
+    # it (every `keras.random` call and layer has its own seed).
+    random.seed(seed)
+    np.random.seed(seed)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.manual_seed(seed)
 
 
 def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
