@@ -70,8 +70,11 @@ class AutoAttackEnsemble(Attack):
                 # Counted only if it fools the real model inside the eps-ball and [0, 1] (the reference's check).
                 inside = _within(candidate, images[rows], self.params)
                 won = self._fooled(candidate, one_hot[rows]) & inside
-                # Survivors keep the latest member's try, so perturbation sizes describe what the attack did.
-                adversarial[rows[inside]] = candidate[inside]
+                # Survivors keep the latest member's try that moved them, so perturbation sizes describe what the
+                # attack did: a member that gives up returns the clean image (FAB-T, Square), and a survivor left
+                # unperturbed by every member is then a zero gradient, which a trust check looks for.
+                moved = np.any((candidate != images[rows]).reshape(len(rows), -1), axis=1)
+                adversarial[rows[inside & moved]] = candidate[inside & moved]
                 robust[rows[won]] = False
                 self.fooled_by[rows[won]] = index
             members[name] = {"ran": bool(len(rows)), "fooled": int(len(rows) - robust[rows].sum()) if len(rows)

@@ -106,6 +106,11 @@ def test_autoattack_says_which_members_ran(capsule):
     fooled = sum(member["fooled"] for member in run["members"].values())
     assert fooled + run["survived"] == 8
     assert fooled == np.sum(classifier.predict(result).argmax(axis=1) != labels[:8])
+    # Survivors carry APGD's perturbation, not the clean image FAB-T and Square hand back when they give up: an
+    # unperturbed survivor would read as a zero gradient in the trust checks.
+    survived = classifier.predict(result).argmax(axis=1) == labels[:8]
+    assert survived.any(), "pick an eps at which some images survive"
+    assert np.all(np.abs(result[survived] - images[:8][survived]).max(axis=(1, 2, 3)) > 0)
     assert "square (20 queries, p_init 0.8, 1 restart)" in attack.record()["members"]
 
 

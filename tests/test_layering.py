@@ -23,7 +23,7 @@ LAYERS = [
     ("capsrobust.art_bridge", 7),
     ("attacks", 8), ("capsrobust.detection", 8), ("capsrobust.pose_grid", 8),
     ("capsrobust.sweep", 9),
-    ("capsrobust.report", 10), ("capsrobust.plots", 10),
+    ("capsrobust.report", 10), ("capsrobust.plots", 10), ("capsrobust.crosscheck", 10),
     ("capsrobust.cli", 11), ("capsrobust.__main__", 11),
 ]
 # Inside a package, the order its modules may import each other in (the package's __init__ comes last).

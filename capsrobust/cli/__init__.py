@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from capsrobust import __version__
-from capsrobust.cli import attack, backends, compare, demo, merge, models, test, train, visualize, zoo
+from capsrobust.cli import attack, backends, compare, crosscheck, demo, merge, models, test, train, visualize, zoo
 
-COMMANDS = (train, test, models, zoo, attack, compare, merge, demo, visualize, backends)
+COMMANDS = (train, test, models, zoo, attack, compare, merge, crosscheck, demo, visualize, backends)
 
 
 def build_parser() -> argparse.ArgumentParser:
