@@ -198,7 +198,7 @@ def test_routing_in_chunks_equals_routing_the_whole_batch(compiled):
     chunked.set_weights(whole.get_weights())
     assert whole.chunk_size(5) is None and chunked.chunk_size(5) == 2  # 3 chunks, the last one padded
 
-    def values_and_gradients(layer):
+    def values_and_gradients(layer, poses=poses, activations=activations):
         with tf.GradientTape() as tape:
             tape.watch([poses, activations])
             outputs = layer((poses, activations))
@@ -208,6 +208,14 @@ def test_routing_in_chunks_equals_routing_the_whole_batch(compiled):
     run = tf.function(values_and_gradients) if compiled else values_and_gradients
     for expected, actual in zip(run(whole), run(chunked)):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+    # A graph traced for any batch size: a batch that fits in a chunk is routed as it is, a larger one in chunks.
+    spec = [tf.TensorSpec((None, 5, 5, 3, 16), tf.float64), tf.TensorSpec((None, 5, 5, 3), tf.float64)]
+    any_batch = {layer.name: tf.function(lambda p, a, layer=layer: values_and_gradients(layer, p, a),
+                                         input_signature=spec) for layer in (whole, chunked)}
+    for size in (1, 2, 5):
+        for expected, actual in zip(any_batch[whole.name](poses[:size], activations[:size]),
+                                    any_batch[chunked.name](poses[:size], activations[:size])):
+            np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
     # The votes are still V = P W, whatever layout the layer routes them in.
     votes, _ = whole.votes((poses, activations))
     child_poses = tf.reshape(whole._patches(poses), (5, 9, 27, 4, 4))

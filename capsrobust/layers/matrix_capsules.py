@@ -175,15 +175,20 @@ class ConvMatrixCapsules(_RoutedCapsules):
     def call(self, inputs):
         # The weights enter as tensors: TensorFlow cannot rematerialise reads of variables inside a loop.
         weights = [ops.convert_to_tensor(w) for w in (self.transforms, self.beta_u, self.beta_a)]
-        chunk = self.chunk_size(inputs[0].shape[0])
+        batch = inputs[0].shape[0]
+        chunk = self.chunk_size(batch)
         if chunk is None:
             return self.route(*inputs, *weights)
         route = _rematerialise(self.route)
 
-        def route_chunk(chunked):
-            return route(*chunked, *weights)
+        def in_chunks():
+            return map_in_chunks(lambda chunked: route(*chunked, *weights), inputs, chunk)
 
-        return map_in_chunks(route_chunk, inputs, chunk)
+        if batch is not None:
+            return in_chunks()
+        # A graph traced for any batch size (the bridge's): a batch that fits in one chunk is routed as it is, not
+        # padded to a whole chunk (20 images were routed as 202).
+        return ops.cond(ops.shape(inputs[0])[0] <= chunk, lambda: route(*inputs, *weights), in_chunks)
 
 
 class ClassMatrixCapsules(_RoutedCapsules):
