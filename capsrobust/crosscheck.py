@@ -19,11 +19,15 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from capsrobust.backend import backend_environment, is_installed
+from capsrobust.data import load_dataset
 from capsrobust.errors import ConfigError
+from capsrobust.models.base import SCORES
+from capsrobust.models.predict import predict_batched
 from capsrobust.stats import mcnemar_exact, wilson_interval
 
 ATTACKS = ("autoattack", "autoattack-fast")  # the sweep attacks a cross-check can pair with
@@ -128,6 +132,63 @@ def run_torchattacks(store_root: str | None, entry_id: str, images: np.ndarray, 
         return found
 
 
+def crosscheck_sweep(record, store, data_dir: str | None = None, models: list[str] | None = None,
+                     eps_values: tuple[float, ...] | None = None, limit: int | None = None, seed: int = 0,
+                     say: Callable[[str], None] = print) -> list[CrossCheck]:
+    """Each AutoAttack cell of a finished sweep, checked against torchattacks on the same attacked images.
+
+    Args:
+        record: the sweep (`capsrobust.sweep.records.read_record`); store: the `ModelStore` its models are in.
+        data_dir: where the sweep's data set is (unused for a sweep on the bundled sample).
+        models: model names or entry ids to check (None: all); eps_values: the eps to check (None: all).
+        limit: the first `limit` attacked images of each model (None: all); seed: torchattacks' seed.
+        say: prints progress lines.
+
+    Raises:
+        ConfigError: no such cells, other data than the sweep's, or a model that no longer classifies the sweep's
+            images as it did (changed weights).
+    """
+    cells = [c for c in record.result.cells if c.attack in ATTACKS and c.transfer_source is None
+             and (not models or c.model_id in models or c.model in models) and (not eps_values or c.eps in eps_values)]
+    if not cells:
+        raise ConfigError(f"{record.directory} has no {' or '.join(ATTACKS)} cell"
+                          + (" for the models and eps given" if models or eps_values else ""))
+    data = record.content["data"]
+    subset = data["source"] == "subset"
+    dataset = load_dataset(data["name"], data_dir=None if subset else data_dir, subset=subset)
+    if len(dataset.x_test) != data["test"]:
+        raise ConfigError(f"the data loaded ({len(dataset.x_test)} {dataset.name} test images) is not the sweep's "
+                          f"({data['test']}, from {data['source']}); give its --data-dir")
+    rows = slice(data["first_index"], data["first_index"] + data["evaluated"])
+    images, labels = dataset.x_test[rows], dataset.y_test[rows]
+    checks = []
+    for model_id in dict.fromkeys(c.model_id for c in cells):
+        entry = store.resolve(model_id)
+        model = store.load(entry)
+        correct = record.result.clean[model_id].correct
+        if not np.array_equal(predict_batched(model, images)[SCORES].argmax(-1) == labels, correct):
+            raise ConfigError(f"{entry.id} does not classify the sweep's images as the sweep recorded: another "
+                              f"data directory, or changed weights")
+        attacked, attacked_labels = images[correct][:limit], labels[correct][:limit]
+        for attack in dict.fromkeys(c.attack for c in cells if c.model_id == model_id):
+            same = [c for c in cells if c.model_id == model_id and c.attack == attack]
+            say(f"torchattacks {attack} on {entry.id}: {len(attacked)} images, eps "
+                f"{', '.join(f'{c.eps:g}' for c in same)}")
+            found = run_torchattacks(str(store.root), entry.id, attacked, attacked_labels, [c.eps for c in same],
+                                     attack, same[0].norm, steps=same[0].attack_steps,
+                                     queries=(same[0].attack_options or {}).get("queries", 0), seed=seed)
+            for cell in same:
+                theirs = found[cell.eps]
+                valid = check_adversarial(attacked, theirs["adversarial"], cell.eps, cell.norm)
+                fooled = valid & (predict_batched(model, theirs["adversarial"])[SCORES].argmax(-1) != attacked_labels)
+                ours = record.result.outcomes[(model_id, attack, cell.eps)].robust[:len(attacked)]
+                by = {name: int(np.sum(fooled & (theirs["fooled_by"] == index)))
+                      for index, name in enumerate(MEMBERS[attack])}
+                checks.append(CrossCheck.pair(model_id, attack, cell.eps, ours, ~fooled, int(np.sum(~valid)), by,
+                                              theirs["seconds"]))
+    return checks
+
+
 def _members(model, spec: dict, eps: float, num_classes: int) -> list:
     """torchattacks' members of `spec["attack"]`, with the sweep's budgets (module docstring)."""
     import torchattacks
@@ -151,7 +212,6 @@ def _worker(spec_path: str) -> None:
     """The subprocess: runs under `KERAS_BACKEND=torch` (see `run_torchattacks`)."""
     import torch
 
-    from capsrobust.models.base import SCORES
     from capsrobust.store import ModelStore
 
     class Scores(torch.nn.Module):

@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+# ART sets up logging handlers on sys.stderr when first imported. Imported inside a test that captures output (capsys),
+# they would hold that test's capture buffer and write to it after it is closed ("I/O operation on closed file",
+# "lost sys.stderr": a crash that depended on which test imported ART first); imported here, at collection, they hold
+# the real stderr.
+import capsrobust.sweep  # noqa: F401  (imports ART)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Fixtures whose set-up trains models or starts subprocesses (seconds to minutes on a CPU): every test that uses one,

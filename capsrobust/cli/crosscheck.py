@@ -30,66 +30,18 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
     from rich.table import Table
 
-    from capsrobust.console import console
-    from capsrobust.crosscheck import ATTACKS, MEMBERS, CrossCheck, check_adversarial, run_torchattacks
-    from capsrobust.data import load_dataset
-    from capsrobust.errors import ConfigError
+    from capsrobust.console import console, err_console
+    from capsrobust.crosscheck import crosscheck_sweep
     from capsrobust.io import write_json
-    from capsrobust.models.predict import predict_batched
     from capsrobust.store import ModelStore
     from capsrobust.sweep.records import read_record
 
     record = read_record(Path(args.sweep))
-    cells = [c for c in record.result.cells if c.attack in ATTACKS and c.transfer_source is None]
-    if not cells:
-        raise ConfigError(f"{args.sweep} ran no {' or '.join(ATTACKS)}; there is nothing to cross-check")
-    if args.models:
-        cells = [c for c in cells if c.model_id in args.models or c.model in args.models]
-    if args.eps:
-        cells = [c for c in cells if c.eps in args.eps]
-    if not cells:
-        raise ConfigError(f"{args.sweep} has no AutoAttack cell for --models/--eps as given")
-    data = record.content["data"]
-    first, count = data["first_index"], data["evaluated"]
-    subset = data["source"] == "subset"
-    dataset = load_dataset(data["name"], data_dir=None if subset else args.data_dir, subset=subset)
-    if len(dataset.x_test) != data["test"]:
-        raise ConfigError(f"the data loaded ({len(dataset.x_test)} {dataset.name} test images) is not the sweep's "
-                          f"({data['test']}, from {data['source']}); give its --data-dir")
-    images, labels = dataset.x_test[first:first + count], dataset.y_test[first:first + count]
-    store = ModelStore(args.store)
-    checks = []
-    names = {c.model_id: c.model for c in cells}
-    for model_id in dict.fromkeys(c.model_id for c in cells):
-        entry = store.resolve(model_id)
-        model = store.load(entry)
-        correct = record.result.clean[model_id]
-        if not np.array_equal(predict_batched(model, images)["scores"].argmax(-1) == labels, correct.correct):
-            raise ConfigError(f"{entry.id} does not classify the sweep's images as the sweep recorded: another "
-                              f"data directory or changed weights")
-        attacked, attacked_labels = images[correct.correct][:args.limit], labels[correct.correct][:args.limit]
-        model_cells = [c for c in cells if c.model_id == model_id]
-        for attack in dict.fromkeys(c.attack for c in model_cells):
-            attack_cells = [c for c in model_cells if c.attack == attack]
-            eps_values = [c.eps for c in attack_cells]
-            steps, queries = attack_cells[0].attack_steps, (attack_cells[0].attack_options or {}).get("queries", 0)
-            console.print(f"torchattacks {attack} on {entry.id}: {len(attacked)} images, eps "
-                          f"{', '.join(f'{e:g}' for e in eps_values)}", highlight=False)
-            found = run_torchattacks(args.store, entry.id, attacked, attacked_labels,
-                                     eps_values, attack, attack_cells[0].norm, steps=steps, queries=queries, seed=args.seed)
-            for eps in eps_values:
-                theirs = found[eps]
-                valid = check_adversarial(attacked, theirs["adversarial"], eps, attack_cells[0].norm)
-                fooled = valid & (predict_batched(model, theirs["adversarial"])["scores"].argmax(-1)
-                                  != attacked_labels)
-                ours = record.result.outcomes[(model_id, attack, eps)].robust[:len(attacked)]
-                by = {name: int(np.sum(fooled & (theirs["fooled_by"] == index)))
-                      for index, name in enumerate(MEMBERS[attack])}
-                checks.append(CrossCheck.pair(model_id, attack, eps, ours, ~fooled, int(np.sum(~valid)), by,
-                                              theirs["seconds"]))
+    checks = crosscheck_sweep(record, ModelStore(args.store), args.data_dir, args.models, args.eps, args.limit,
+                              args.seed, say=lambda line: err_console.print(line, highlight=False))
+    names = {c.model_id: c.model for c in record.result.cells}
     table = Table(title=f"{args.sweep}: the sweep's attack vs torchattacks on the same images")
     for column in ("model", "attack", "eps", "images", "sweep", "torchattacks", "only sweep fooled",
                    "only torchattacks fooled", "McNemar p", "torchattacks fooled by", "time"):

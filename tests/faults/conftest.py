@@ -7,10 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# ART sets up logging handlers on sys.stderr when first imported. Imported inside a test, they would hold that test's
-# capture buffer and write to it after it is closed; imported here, at collection, they hold the real stderr.
-import capsrobust.sweep  # noqa: F401  (imports ART)
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
