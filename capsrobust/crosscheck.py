@@ -100,8 +100,11 @@ def run_torchattacks(store_root: str | None, entry_id: str, images: np.ndarray, 
     """torchattacks' `attack` on the stored model, in a torch-backend subprocess, for each eps.
 
     Args:
+        store_root: the store the subprocess resolves `entry_id` in (its zoo too); None: the default store.
         images: `(m, h, w, c)` float32 in [0, 1]; labels `(m,)` integers.
+        eps_values: the budgets, one run of the whole attack each; attack: a key of `MEMBERS`.
         norm: "inf" or "2"; steps: iterations of APGD and FAB; queries: Square's (as the sweep ran them).
+        seed: torchattacks' members' seed; timeout: seconds before the subprocess is stopped (None: never).
 
     Returns:
         Per eps: `{"adversarial": (m, h, w, c), "fooled_by": (m,) member index or -1, "seconds": float}`.
