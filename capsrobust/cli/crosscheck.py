@@ -2,7 +2,7 @@
 
 import argparse
 
-from capsrobust.cli.args import add_store_arg, directory, eps_list, positive_int
+from capsrobust.cli.args import add_store_arg, directory, eps_list, name_list, positive_int
 
 HELP = ("check a sweep's AutoAttack figures against an independent implementation (torchattacks, under Keras's "
         "torch backend) on the same models, images and eps")
@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("crosscheck", help=HELP, description=HELP, epilog=EXAMPLES,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=directory, metavar="DIR", help="a finished sweep's report directory")
-    parser.add_argument("--models", type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
+    parser.add_argument("--models", type=name_list,
                         help="model names or entry ids in the sweep, comma-separated (default: all)")
     parser.add_argument("--eps", type=eps_list, help="eps values of the sweep to check (default: all)")
     parser.add_argument("--limit", type=positive_int, help="attacked images per model (default: all of the sweep's)")
