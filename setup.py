@@ -24,7 +24,7 @@ setup(
         "h5py>=3.10",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "hypothesis>=6"],
         # The other Keras backends (one process runs one, chosen by KERAS_BACKEND); GPU builds per their own docs.
         "jax": ["jax>=0.4.34"],
         "torch": ["torch>=2.3"],

@@ -208,16 +208,37 @@ def test_routing_in_chunks_equals_routing_the_whole_batch(compiled):
     run = tf.function(values_and_gradients) if compiled else values_and_gradients
     for expected, actual in zip(run(whole), run(chunked)):
         np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
-    # A graph traced for any batch size: a batch that fits in a chunk is routed as it is, a larger one in chunks.
-    spec = [tf.TensorSpec((None, 5, 5, 3, 16), tf.float64), tf.TensorSpec((None, 5, 5, 3), tf.float64)]
-    any_batch = {layer.name: tf.function(lambda p, a, layer=layer: values_and_gradients(layer, p, a),
-                                         input_signature=spec) for layer in (whole, chunked)}
-    for size in (1, 2, 5):
-        for expected, actual in zip(any_batch[whole.name](poses[:size], activations[:size]),
-                                    any_batch[chunked.name](poses[:size], activations[:size])):
-            np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
     # The votes are still V = P W, whatever layout the layer routes them in.
     votes, _ = whole.votes((poses, activations))
     child_poses = tf.reshape(whole._patches(poses), (5, 9, 27, 4, 4))
     expected = tf.einsum("bpixy,ijyz->bpijxz", child_poses, whole.transforms)
     np.testing.assert_allclose(votes.numpy(), tf.reshape(expected, votes.shape).numpy(), rtol=1e-12)
+
+
+
+def test_a_graph_for_any_batch_routes_small_batches_whole_and_large_ones_in_chunks():
+    """The ART bridge traces one graph for every batch size: a batch that fits in a chunk is routed as it is (not
+    padded to a chunk), a larger one in chunks, with the values and gradients of routing the batch whole."""
+    rng = np.random.default_rng(0)
+    poses = tf.constant(rng.normal(size=(5, 5, 5, 3, 16)))
+    activations = tf.constant(rng.uniform(0.05, 0.95, size=(5, 5, 5, 3)))
+    options = dict(kernel=3, strides=1, iterations=2, temperatures=(0.5, 1.0), normalize_cost=True, dtype="float64")
+    whole = ConvMatrixCapsules(4, **options)
+    chunked = ConvMatrixCapsules(4, **options, chunk_votes_bytes=2 * 9 * 27 * 4 * 16 * 8)  # 2 images' votes
+    for layer in (whole, chunked):
+        layer.build((poses.shape, activations.shape))
+    chunked.set_weights(whole.get_weights())
+    spec = [tf.TensorSpec((None, 5, 5, 3, 16), tf.float64), tf.TensorSpec((None, 5, 5, 3), tf.float64)]
+
+    def values_and_gradients(layer, poses, activations):
+        with tf.GradientTape() as tape:
+            tape.watch([poses, activations])
+            outputs = layer((poses, activations))
+            scalar = tf.reduce_sum(outputs[0] * tf.sin(outputs[0])) + tf.reduce_sum(outputs[1] ** 2)
+        return [*outputs, *tape.gradient(scalar, [poses, activations, *layer.trainable_weights])]
+
+    any_batch = tf.function(lambda p, a: values_and_gradients(chunked, p, a), input_signature=spec)
+    for size in (2, 5):  # exactly one chunk; then two chunks and a padded one
+        for expected, actual in zip(values_and_gradients(whole, poses[:size], activations[:size]),
+                                    any_batch(poses[:size], activations[:size])):
+            np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)

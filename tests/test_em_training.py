@@ -24,14 +24,26 @@ def test_margin_ramp_is_linear_per_batch_and_holds_at_its_end():
 
 
 @pytest.mark.slow
-def test_short_training_learns_and_a_resume_continues_the_margin_ramp(mnist_subset, tmp_path):
+def test_short_training_learns(mnist_subset, tmp_path):
     data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:1200], y_train=mnist_subset.y_train[:1200],
                                x_val=mnist_subset.x_val[:300], y_val=mnist_subset.y_val[:300])
     config = model_config("em-capsnet-small", **SHORT_RUN_CONFIG)
     result = fit("em-capsnet-small", config, data, TrainSettings(epochs=2, batch_size=32), tmp_path)
     test_accuracy = accuracy(result.model, mnist_subset.x_test[:500], mnist_subset.y_test[:500])
     assert test_accuracy > 0.4, test_accuracy  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_a_resume_continues_the_margin_ramp(mnist_subset, tmp_path):
+    # Two steps an epoch: what is tested is the schedule's bookkeeping, not learning.
+    data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:64], y_train=mnist_subset.y_train[:64],
+                               x_val=mnist_subset.x_val[:32], y_val=mnist_subset.y_val[:32])
+    config = model_config("em-capsnet-small", **SHORT_RUN_CONFIG)
+    fit("em-capsnet-small", config, data, TrainSettings(epochs=2, batch_size=32), tmp_path)
     assert load_state(tmp_path).margin_schedule == {"start": 0.2, "end": 0.9, "epochs": 2}
+    first = create_model("em-capsnet-small", **config)
+    first.load_weights(tmp_path / "epoch-0001.weights.h5")
+    assert float(first.spread_margin.numpy()) == pytest.approx(0.2 + 0.7 * 0.25)  # set for epoch 1's last batch
 
     # Extend the finished run by an epoch: the ramp planned for 2 epochs is kept, so epoch 3 trains at 0.9.
     state = load_state(tmp_path)

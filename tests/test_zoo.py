@@ -8,7 +8,7 @@ import pytest
 
 from capsrobust.cards import build_card
 from capsrobust.cli import main, parse_args
-from capsrobust.cli.train import training_settings
+from capsrobust.cli.train import settings_from_args
 from capsrobust.errors import StoreError
 from capsrobust.models import create_model, get_model_spec, model_config
 from capsrobust.models.predict import accuracy
@@ -111,12 +111,12 @@ def test_zoo_command_lists_what_ships_with_its_commands_and_add_refuses_unknown_
 @pytest.mark.parametrize("name", ["capsnet-small", "efficient-capsnet", "cnn-matched"])
 def test_train_uses_the_models_recipe_where_no_flag_is_given(name):
     recipe = get_model_spec(name).recipe
-    settings = training_settings(name, parse_args(["train", "mnist", "--model", name]))
+    settings = settings_from_args(name, parse_args(["train", "mnist", "--model", name]))
     assert (settings.epochs, settings.batch_size, settings.learning_rate, settings.lr_decay, settings.max_shift) == \
         (recipe.epochs, recipe.batch_size, recipe.learning_rate, recipe.lr_decay, recipe.max_shift)
     flags = parse_args(["train", "mnist", "--model", name, "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
                         "--lr-decay", "0.5", "--shift", "0"])
-    settings = training_settings(name, flags)
+    settings = settings_from_args(name, flags)
     assert (settings.epochs, settings.batch_size, settings.learning_rate, settings.lr_decay, settings.max_shift) == \
         (2, 8, 0.01, 0.5, 0)
 

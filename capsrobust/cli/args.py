@@ -129,18 +129,18 @@ def resolve_entry(args):
     return store, store.resolve(args.model, dataset=args.dataset)
 
 
-def entry_dataset(entry, args):
+def entry_dataset(entry, data_dir: str | None = None, subset: bool | None = None):
     """The data set a store entry was trained on, split as it was: from `--data-dir` (or the usual places), or the
     bundled subset when the entry was trained on it and no directory is given (`--subset` forces it)."""
     from capsrobust.data import load_dataset
 
     trained_on = entry.card["dataset"]
-    subset = args.subset if args.subset is not None else (args.data_dir is None and trained_on["source"] == "subset")
+    subset = subset if subset is not None else (data_dir is None and trained_on["source"] == "subset")
     if subset and trained_on["source"] != "subset":
         # A model trained on the whole data set, evaluated on the sample's test images (which are the first 1,000 of
         # the whole test set): its training split does not apply to the sample, and its card holds the detector.
         return load_dataset(trained_on["name"], subset=True)
-    return load_dataset(trained_on["name"], data_dir=args.data_dir, subset=subset, val_size=trained_on.get("val"),
+    return load_dataset(trained_on["name"], data_dir=data_dir, subset=subset, val_size=trained_on.get("val"),
                         val_seed=trained_on.get("val_seed"))
 
 

@@ -3,8 +3,8 @@
 import argparse
 
 from capsrobust.cli.args import add_entry_args, resolve_entry
-from capsrobust.cli.evaluate import (add_attack_args, check_methods, load_sources, load_under_test, run_and_report,
-                                     sweep_config)
+from capsrobust.cli.evaluate import (ReportPlan, add_attack_args, check_methods, load_sources, load_under_test,
+                                     run_and_report, sweep_config)
 
 ATTACK_HELP = ("attack a stored model (FGSM, BIM, PGD, vote attack, R-BIM, AutoAttack, transfer) and report robust "
                "accuracy and detection")
@@ -41,13 +41,14 @@ def _run(args, need_detector: bool) -> int:
 
     methods = check_methods(args.methods, args)
     store, entry = resolve_entry(args)
-    under_test, dataset = load_under_test(store, entry, args, need_detector=need_detector)
+    under_test, dataset = load_under_test(store, entry, data_dir=args.data_dir, subset=args.subset,
+                                          batch_size=args.batch_size, need_detector=need_detector)
     for method in methods:  # before any attack runs: a vote attack on a CNN is a mistake, not a skipped row
         reason = get_attack_spec(method).unmet(under_test.model)
         if reason:
             raise ConfigError(f"{method} does not apply: {reason}")
-    sources = load_sources(store, args, entry.dataset) if "transfer" in methods else []
-    run_and_report(args.command, [under_test], dataset, sweep_config(args, methods), args,
+    sources = load_sources(store, args.source, entry.dataset) if "transfer" in methods else []
+    run_and_report(args.command, [under_test], dataset, sweep_config(args, methods), ReportPlan.from_args(args),
                    detection=under_test.detector is not None, sources=sources)
     return 0
 

@@ -3,8 +3,8 @@
 import argparse
 
 from capsrobust.cli.args import name_list
-from capsrobust.cli.evaluate import (add_attack_args, check_methods, load_sources, load_under_test, run_and_report,
-                                     sweep_config)
+from capsrobust.cli.evaluate import (ReportPlan, add_attack_args, check_methods, load_sources, load_under_test,
+                                     run_and_report, sweep_config)
 
 HELP = "compare capsule models with CNNs: every attack and eps, robust accuracy and detection in one report"
 EXAMPLES = """examples:
@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   capsrobust compare mnist --models capsnet,cnn-baseline --eps 0.1,0.3 --limit 500
   capsrobust compare mnist --suite strong                   every attack, transfer between the models, worst case
 """
+DEFAULT_EPS = "0.05,0.1,0.2,0.3"
 SUITES = {"standard": "fgsm,bim,pgd",
           "strong": "fgsm,bim,pgd100,vote,vote-da,rbim,autoattack,transfer"}
 
@@ -27,7 +28,7 @@ def add_parser(subparsers) -> None:
                              "PGD-100, vote attacks, R-BIM, AutoAttack and transfer between the compared models; "
                              "attacks that do not apply to a model, e.g. the vote attack on a CNN, are skipped and "
                              "listed)")
-    add_attack_args(parser, methods_default=None, eps_default="0.05,0.1,0.2,0.3")
+    add_attack_args(parser, methods_default=None, eps_default=DEFAULT_EPS)
     parser.set_defaults(run=run, command="compare")
 
 
@@ -61,10 +62,21 @@ def run(args) -> int:
     store = ModelStore(args.store)
     entries = [store.resolve(name, dataset=args.dataset) for name in args.models] if args.models \
         else default_models(store, args.dataset)
-    loaded = [load_under_test(store, entry, args) for entry in entries]
-    under_test = [m for m, _ in loaded]
-    # Transfer between the compared models (each target from every other), plus any --source models.
-    sources = (under_test + load_sources(store, args, args.dataset)) if "transfer" in methods else []
-    run_and_report(args.command, under_test, loaded[0][1], sweep_config(args, methods, skip_inapplicable=True), args,
-                   sources=sources)
+    compare_models(store, entries, sweep_config(args, methods, skip_inapplicable=True), ReportPlan.from_args(args),
+                   data_dir=args.data_dir, subset=args.subset, sources=args.source)
     return 0
+
+
+def compare_models(store, entries: list, config, plan: ReportPlan, *, data_dir: str | None = None,
+                   subset: bool | None = None, sources: list[str] | None = None):
+    """Runs the sweep `config` (a `SweepConfig`) on the store `entries`, evaluated on the first entry's data set,
+    prints the report and writes it as `plan` says; returns its directory.
+
+    Transfer attacks craft on each of the other entries, and on `sources` (model names or ids) if given.
+    """
+    loaded = [load_under_test(store, entry, data_dir=data_dir, subset=subset, batch_size=config.batch_size)
+              for entry in entries]
+    under_test = [model for model, _ in loaded]
+    crafted_on = (under_test + load_sources(store, sources, entries[0].dataset)) if "transfer" in config.methods \
+        else []
+    return run_and_report("compare", under_test, loaded[0][1], config, plan, sources=crafted_on)

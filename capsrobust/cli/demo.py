@@ -23,24 +23,27 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from capsrobust.cli import parse_args
-    from capsrobust.cli.train import train_model
+    from capsrobust.cli.compare import DEFAULT_EPS, SUITES, compare_models
+    from capsrobust.cli.evaluate import ReportPlan
+    from capsrobust.cli.train import recipe_settings, train_new
     from capsrobust.console import console
     from capsrobust.store import ModelStore
+    from capsrobust.sweep import SweepConfig
 
     writable_directory(args.output or "capsrobust-output")  # before minutes of training, not after
+    store = ModelStore(args.store)
     # The zoo's models, found before training: a missing or damaged zoo fails now, in one line.
-    zoo = [ModelStore(args.store).resolve(name, dataset="mnist", zoo_only=True) for name in ZOO_MODELS]
-    store = ["--store", args.store] if args.store else []
+    zoo = [store.resolve(name, dataset="mnist", zoo_only=True) for name in ZOO_MODELS]
     console.rule(f"the trainer: {TRAINED_MODEL}, {args.epochs} epoch(s) on the bundled MNIST subset")
-    train_model(parse_args(["train", "mnist", "--subset", "--model", TRAINED_MODEL, "--epochs", str(args.epochs),
-                            *store]))
+    train_new(store, "mnist", TRAINED_MODEL, recipe_settings(TRAINED_MODEL, epochs=args.epochs), subset=True,
+              command=f"capsrobust train mnist --subset --model {TRAINED_MODEL} --epochs {args.epochs}")
     console.rule("the zoo's converged capsule network and CNN under FGSM, BIM and PGD")
     for entry in zoo:
         metrics = entry.card["metrics"]
         console.print(f"{entry.name}: {metrics['test_accuracy']:.2%} on the {metrics['test_images']:,} MNIST test "
                       f"images, trained by `{entry.card.get('command', '?')}`", highlight=False, soft_wrap=True)
-    output = ["--output", args.output] if args.output else []
-    compare_args = parse_args(["compare", "mnist", "--subset", "--models", ",".join(e.id for e in zoo),
-                               "--limit", str(args.limit), *store, *output])
-    return compare_args.run(compare_args)
+    # `capsrobust compare mnist --subset --models <the zoo's> --limit N`, with its defaults.
+    config = SweepConfig(methods=tuple(SUITES["standard"].split(",")),
+                         eps_values=tuple(float(eps) for eps in DEFAULT_EPS.split(",")), skip_inapplicable=True)
+    compare_models(store, zoo, config, ReportPlan(limit=args.limit, output=args.output), subset=True)
+    return 0

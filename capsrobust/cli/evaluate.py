@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import dataclasses
 from pathlib import Path
 
 from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, directory,
@@ -9,6 +10,27 @@ from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_f
                                  non_negative_int, positive_float, positive_int, shard, shard_range)
 
 DEFAULT_LIMIT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportPlan:
+    """Which test images a sweep runs on and where its report goes.
+
+    Attributes:
+        limit: the first `limit` test images.
+        shard: `(k, n)`: only the k-th of n disjoint slices of them (None: all).
+        resume: the directory of a stopped sweep to continue (None: a new report).
+        output: where a new report directory goes (None: ./capsrobust-output).
+    """
+
+    limit: int = DEFAULT_LIMIT
+    shard: tuple[int, int] | None = None
+    resume: str | None = None
+    output: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "ReportPlan":
+        return cls(limit=args.limit, shard=args.shard, resume=args.resume, output=args.output)
 
 
 def add_attack_args(parser: argparse.ArgumentParser, methods_default: str, eps_default: str,
@@ -95,12 +117,12 @@ def check_methods(text: str, args=None) -> tuple[str, ...]:
     return methods
 
 
-def load_sources(store, args, dataset_name: str, exclude: list | None = None) -> list:
-    """The transfer sources named by `--source` (best stored entry of each name, on the target's data set)."""
+def load_sources(store, names, dataset_name: str) -> list:
+    """The transfer sources `names` (`--source`: the best stored entry of each name, on the target's data set)."""
     from capsrobust.sweep import ModelUnderTest
 
     sources = []
-    for name in args.source or ():
+    for name in names or ():
         entry = store.resolve(name, dataset=dataset_name)
         model = store.load(entry)
         family = entry.card.get("family", "cnn" if model.score_kind == "logits" else "capsule")
@@ -108,8 +130,9 @@ def load_sources(store, args, dataset_name: str, exclude: list | None = None) ->
     return sources
 
 
-def load_under_test(store, entry, args, need_detector: bool = False):
-    """The entry's model, its evaluation data and (if it has a decoder) its detector."""
+def load_under_test(store, entry, *, data_dir: str | None = None, subset: bool | None = None,
+                    batch_size: int = 128, need_detector: bool = False):
+    """The entry's model, its evaluation data (`entry_dataset`'s) and (if it has a decoder) its detector."""
     from capsrobust.detection import ReconstructionDetector
     from capsrobust.errors import ConfigError
     from capsrobust.sweep import ModelUnderTest
@@ -118,14 +141,14 @@ def load_under_test(store, entry, args, need_detector: bool = False):
     if need_detector and not model.has_decoder:
         raise ConfigError(f"{entry.model} has no reconstruction decoder; detection needs a capsule model with one "
                           f"or cnn-recon")
-    dataset = entry_dataset(entry, args)
-    detector = ReconstructionDetector.for_model(model, entry.card.get("detector"), dataset.x_val, args.batch_size,
+    dataset = entry_dataset(entry, data_dir, subset)
+    detector = ReconstructionDetector.for_model(model, entry.card.get("detector"), dataset.x_val, batch_size,
                                                 where=f"store entry {entry.id}: card.json")
     family = entry.card.get("family", "cnn" if model.score_kind == "logits" else "capsule")
     return ModelUnderTest(entry.id, entry.model, family, model, entry.card, detector), dataset
 
 
-def run_and_report(command: str, under_test: list, dataset, config, args, detection: bool = True,
+def run_and_report(command: str, under_test: list, dataset, config, plan: ReportPlan, detection: bool = True,
                    sources: list | None = None) -> Path:
     """Runs the sweep with a progress bar, prints the tables, writes JSON, CSV and figures; returns the directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -134,31 +157,31 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     from capsrobust.console import console, err_console
     from capsrobust.sweep import run_sweep
 
-    images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
+    images, labels = dataset.x_test[:plan.limit], dataset.y_test[:plan.limit]
     for model in under_test:  # an adversarially trained model attacked beyond its training budget
         threat = model.card.get("threat_model") or {}
         if threat.get("norm") == config.norm and max(config.eps_values) > threat.get("eps", 1):
             err_console.print(f"warning: eps {max(config.eps_values):g} exceeds the eps {threat['eps']:g} "
                               f"{model.id} was adversarially trained for ({threat['method']})", highlight=False)
-    start, stop = (0, len(images)) if args.shard is None else shard_range(len(images), *args.shard)
+    start, stop = (0, len(images)) if plan.shard is None else shard_range(len(images), *plan.shard)
     images, labels = images[start:stop], labels[start:stop]
     metadata = {"command": command,
-                "data": {**dataset.describe(), "limit": args.limit, "evaluated": len(images), "first_index": start,
-                         "shard": None if args.shard is None else list(args.shard)},
+                "data": {**dataset.describe(), "limit": plan.limit, "evaluated": len(images), "first_index": start,
+                         "shard": None if plan.shard is None else list(plan.shard)},
                 "models": {m.id: {"card": m.card, "detector": m.detector.to_dict() if m.detector else None}
                            for m in under_test},
                 "transfer_sources": {m.id: {"card": m.card} for m in sources or []}}
     previous = None
-    if args.resume:
-        out_dir = Path(args.resume)
+    if plan.resume:
+        out_dir = Path(plan.resume)
         previous = _stopped_sweep(out_dir, config, metadata).result
     else:
         # Before the sweep, not after it; a directory of its own even if an identical sweep started in the same
         # second.
         name = report.output_dir_name(command, [m.id for m in under_test], dataset.name, config)
-        if args.shard is not None:
-            name += f"-shard{args.shard[0]}of{args.shard[1]}"
-        out_dir = new_directory(args.output or "capsrobust-output", name)
+        if plan.shard is not None:
+            name += f"-shard{plan.shard[0]}of{plan.shard[1]}"
+        out_dir = new_directory(plan.output or "capsrobust-output", name)
 
     def save_partial(so_far) -> None:
         with _writing_to(out_dir):
@@ -180,7 +203,7 @@ def run_and_report(command: str, under_test: list, dataset, config, args, detect
     with _writing_to(out_dir):
         report.write_results(result, out_dir, metadata)
         plots.write_figures(result, out_dir)
-    shard_note = "" if args.shard is None else f" (shard {args.shard[0]}/{args.shard[1]}: images {start}-{stop - 1})"
+    shard_note = "" if plan.shard is None else f" (shard {plan.shard[0]}/{plan.shard[1]}: images {start}-{stop - 1})"
     title = f"{command}: {len(images)} {dataset.name} test images{shard_note} ({dataset.source}), " \
             f"{result.seconds:.0f}s"
     print_report(result, title, detection)

@@ -29,7 +29,7 @@ def run(args) -> int:
     from capsrobust.console import console
     from capsrobust.models.predict import accuracy
     store, entry = resolve_entry(args)
-    dataset = entry_dataset(entry, args)
+    dataset = entry_dataset(entry, args.data_dir, args.subset)
     images, labels = dataset.x_test[:args.limit], dataset.y_test[:args.limit]
     model = store.load(entry)
     started = time.perf_counter()

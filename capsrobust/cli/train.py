@@ -97,81 +97,112 @@ def _prepare_devices(args) -> None:
 
 
 def run(args) -> int:
-    train_model(args)
-    return 0
-
-
-def train_model(args):
-    """Trains (or resumes) as `args` say and publishes the result; returns the new store `Entry`."""
-    from capsrobust.console import console, err_console
-    from capsrobust.data import load_dataset
-    from capsrobust.errors import StoreError
-    from capsrobust.models import create_model, model_config
+    from capsrobust.console import err_console
     from capsrobust.store import ModelStore
-    from capsrobust.training import TrainSettings
 
     store = ModelStore(args.store)
     if args.resume:
-        run_dir, spec = _find_run(store, args)
-        given = {"epochs": args.epochs, "devices": args.devices,
-                 "strategy": None if args.strategy == "auto" else args.strategy}
-        try:
-            settings = TrainSettings(**{**spec["settings"], **{k: v for k, v in given.items() if v is not None}})
-        except TypeError as error:
-            raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
-                             f"this run cannot be resumed") from None
-        err_console.print(f"resuming run {run_dir.name}")
-    else:
-        model_name = args.model or "capsnet"
-        overrides = dict(args.config)
-        flags = {"routings": args.routings, "em_iterations": args.em_iterations, "reconstruction": args.reconstruction,
-                 "recon_weight": args.recon_loss_weight}
-        overrides.update({key: value for key, value in flags.items() if value is not None})  # keep --config's
-        config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
-        settings = training_settings(model_name, args)
-        if settings.eps_warmup and settings.eps_warmup != args.eps_warmup:
-            err_console.print(f"eps warm-up: {settings.eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
-                              highlight=False)
-        spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
-                "data": {"subset": bool(args.subset), "limit": args.limit, "val_size": args.val_size},
-                "command": shlex.join(["capsrobust", *args.argv])}  # for the card: how to train it again
-        run_dir = None
+        resume_training(store, args.dataset, args.resume, model_name=args.model, epochs=args.epochs,
+                        devices=args.devices, strategy=None if args.strategy == "auto" else args.strategy,
+                        data_dir=args.data_dir, quiet=args.quiet)
+        return 0
+    model_name = args.model or "capsnet"
+    flags = {"routings": args.routings, "em_iterations": args.em_iterations, "reconstruction": args.reconstruction,
+             "recon_weight": args.recon_loss_weight}
+    overrides = {**dict(args.config), **{key: value for key, value in flags.items() if value is not None}}
+    settings = settings_from_args(model_name, args)
+    if settings.eps_warmup and settings.eps_warmup != args.eps_warmup:
+        err_console.print(f"eps warm-up: {settings.eps_warmup} epochs, the default (--eps-warmup 0 turns it off)",
+                          highlight=False)
+    train_new(store, args.dataset, model_name, settings, overrides=overrides, subset=bool(args.subset),
+              limit=args.limit, val_size=args.val_size, data_dir=args.data_dir,
+              command=shlex.join(["capsrobust", *args.argv]), quiet=args.quiet)
+    return 0
 
+
+def train_new(store, dataset_name: str, model_name: str, settings, *, overrides: dict | None = None,
+              subset: bool = False, limit: int | None = None, val_size: int | None = None,
+              data_dir: str | None = None, command: str, quiet: bool = False):
+    """Trains a new `model_name` on `dataset_name` with `settings` (a `TrainSettings`) and publishes it in `store`.
+
+    Args:
+        overrides: model configuration keys over the model's defaults (checked before any data is read).
+        subset, limit, val_size, data_dir: which images, as `capsrobust.data.load_dataset` takes them.
+        command: the command that trains this model again, for its card.
+        quiet: no progress display.
+
+    Returns:
+        The new store `Entry`.
+    """
+    from capsrobust.data import load_dataset
+    from capsrobust.models import create_model, model_config
+
+    overrides = overrides or {}
+    config = model_config(model_name, **overrides)  # an unknown model or key fails before any data is read
+    spec = {"model": model_name, "config": config, "settings": dataclasses.asdict(settings),
+            "data": {"subset": subset, "limit": limit, "val_size": val_size}, "command": command}
+    dataset = load_dataset(dataset_name, data_dir=data_dir, subset=subset, val_size=val_size, limit=limit)
+    if settings.adversarial is not None:
+        from capsrobust.training.adversarial import check_pixel_range
+
+        check_pixel_range(dataset)
+    spec["config"] = _fit_config(model_name, overrides, dataset)
+    create_model(model_name, **spec["config"])  # a value the model rejects fails here, not in a new run
+    spec["dataset"] = dataset.describe()
+    return _train_and_publish(store, store.new_run(spec), spec, dataset, settings, quiet)
+
+
+def resume_training(store, dataset_name: str, run: str = "latest", *, model_name: str | None = None,
+                    epochs: int | None = None, devices: int | None = None, strategy: str | None = None,
+                    data_dir: str | None = None, quiet: bool = False):
+    """Continues the unfinished run `run` (an id, or "latest": the newest on `dataset_name`, of `model_name` if
+    given) with its saved settings, `epochs`, `devices` and `strategy` replacing them where given; publishes it and
+    returns the new store `Entry`."""
+    from capsrobust.console import err_console
+    from capsrobust.data import load_dataset
+    from capsrobust.errors import StoreError
+    from capsrobust.training import TrainSettings
+
+    run_dir, spec = _find_run(store, dataset_name, run, model_name)
+    given = {"epochs": epochs, "devices": devices, "strategy": strategy}
+    try:
+        settings = TrainSettings(**{**spec["settings"], **{k: v for k, v in given.items() if v is not None}})
+    except TypeError as error:
+        raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
+                         f"this run cannot be resumed") from None
+    err_console.print(f"resuming run {run_dir.name}")
     data = spec["data"]
-    dataset = load_dataset(spec.get("dataset", {}).get("name", args.dataset), data_dir=args.data_dir,
+    dataset = load_dataset(spec.get("dataset", {}).get("name", dataset_name), data_dir=data_dir,
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
-    if run_dir is None:
-        if settings.adversarial is not None:
-            from capsrobust.training.adversarial import check_pixel_range
-
-            check_pixel_range(dataset)
-        spec["config"] = _fit_config(spec["model"], overrides, dataset)
-        create_model(spec["model"], **spec["config"])  # a value the model rejects fails here, not in a new run
-        spec["dataset"] = dataset.describe()
-        run_dir = store.new_run(spec)
-    err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
-                      f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
-                      f"run {run_dir.name}")
-    return _train_and_publish(store, run_dir, spec, dataset, settings, None if args.quiet else err_console, console)
+    return _train_and_publish(store, run_dir, spec, dataset, settings, quiet)
 
 
-def training_settings(model_name: str, args):
-    """The `TrainSettings` of a new run: each optimisation flag given, else the model's recipe."""
+def recipe_settings(model_name: str, *, epochs: int | None = None, batch_size: int | None = None,
+                    learning_rate: float | None = None, lr_decay: float | None = None, max_shift: int | None = None,
+                    adversarial: str | None = None, eps_warmup: int | None = None, **rest):
+    """The `TrainSettings` of a new run: each optimisation setting given, else the model's recipe; `rest` goes to
+    `TrainSettings` as it is (seed, strategy, eps, ...)."""
     from capsrobust.models import get_model_spec
     from capsrobust.training import TrainSettings
 
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.lr,
-             "lr_decay": args.lr_decay, "max_shift": args.shift}
+    given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "lr_decay": lr_decay,
+             "max_shift": max_shift}
     optimisation = {**get_model_spec(model_name).recipe.settings(), **{k: v for k, v in given.items() if v is not None}}
-    eps_warmup = args.eps_warmup
-    if args.adversarial and eps_warmup is None:
+    if adversarial and eps_warmup is None:
         from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
 
         # Without it, short runs stayed at chance (adversarial.py); never so long that no epoch trains at eps.
         eps_warmup = min(DEFAULT_EPS_WARMUP, optimisation["epochs"] - 1)
-    return TrainSettings(**optimisation, seed=args.seed, early_stopping=args.early_stopping, strategy=args.strategy,
-                         devices=args.devices, adversarial=args.adversarial, eps=args.eps,
-                         attack_steps=args.attack_steps, beta=args.beta, eps_warmup=eps_warmup)
+    return TrainSettings(**optimisation, adversarial=adversarial, eps_warmup=eps_warmup, **rest)
+
+
+def settings_from_args(model_name: str, args):
+    """`recipe_settings` from the `train` command's flags."""
+    return recipe_settings(model_name, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                           lr_decay=args.lr_decay, max_shift=args.shift, adversarial=args.adversarial,
+                           eps_warmup=args.eps_warmup, seed=args.seed, early_stopping=args.early_stopping,
+                           strategy=args.strategy, devices=args.devices, eps=args.eps,
+                           attack_steps=args.attack_steps, beta=args.beta)
 
 
 def _fit_config(model_name: str, overrides: dict, dataset) -> dict:
@@ -210,33 +241,38 @@ def _sample_accuracy(model, dataset) -> dict:
     return {"sample_accuracy": accuracy(model, sample.x_test, sample.y_test), "sample_images": len(sample.x_test)}
 
 
-def _find_run(store, args):
+def _find_run(store, dataset_name: str, run: str, model_name: str | None):
     from capsrobust.errors import ConfigError
 
-    if args.resume == "latest":
-        runs = store.unfinished_runs(model=args.model, dataset=args.dataset)
-        what = f"unfinished {args.model + ' ' if args.model else ''}run on {args.dataset}"
+    if run == "latest":
+        runs = store.unfinished_runs(model=model_name, dataset=dataset_name)
+        what = f"unfinished {model_name + ' ' if model_name else ''}run on {dataset_name}"
     else:
-        runs = [(d, s) for d, s in store.unfinished_runs() if d.name == args.resume]
-        what = f"unfinished run {args.resume!r}"
+        runs = [(d, s) for d, s in store.unfinished_runs() if d.name == run]
+        what = f"unfinished run {run!r}"
     if not runs:
-        named = store.runs_dir / args.resume
-        if args.resume != "latest" and named.is_dir() and store.read_run(named) is None:
+        named = store.runs_dir / run
+        if run != "latest" and named.is_dir() and store.read_run(named) is None:
             raise ConfigError(f"{named / 'run.json'} is missing, unreadable or incomplete; this run cannot be resumed")
         raise ConfigError(f"no {what} to resume in {store.runs_dir}")
     return runs[0]
 
 
-def _train_and_publish(store, run_dir, spec, dataset, settings, progress_console, console):
+def _train_and_publish(store, run_dir, spec, dataset, settings, quiet: bool):
     from rich.table import Table
 
     from capsrobust.cards import build_card
+    from capsrobust.console import console, err_console
     from capsrobust.detection import ReconstructionDetector, reconstruction_distances
     from capsrobust.errors import StoreError
     from capsrobust.models.predict import accuracy
     from capsrobust.training import fit
     from capsrobust.training.adversarial import COLLAPSE, GUARD_STEPS, pgd_accuracy
 
+    err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
+                      f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
+                      f"run {run_dir.name}")
+    progress_console = None if quiet else err_console
     try:
         result = fit(spec["model"], spec["config"], dataset, settings, run_dir, console=progress_console)
     except KeyboardInterrupt:

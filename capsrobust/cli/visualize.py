@@ -32,7 +32,7 @@ def run(args) -> int:
     from capsrobust.errors import CapsrobustError, ConfigError
     from capsrobust.pose_grid import OFFSETS, pose_perturbations
     store, entry = resolve_entry(args)
-    dataset = entry_dataset(entry, args)
+    dataset = entry_dataset(entry, args.data_dir, args.subset)
     if args.first >= len(dataset.x_test):
         raise ConfigError(f"--first {args.first} is past the {len(dataset.x_test)} test images")
     images = dataset.x_test[args.first:args.first + args.images]

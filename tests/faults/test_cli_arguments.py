@@ -149,7 +149,7 @@ def test_unwritable_output_fails_before_any_work(command, output, store, tmp_pat
         raise AssertionError("the sweep ran before the output directory was checked")
 
     monkeypatch.setattr(capsrobust.sweep, "run_sweep", no_sweep)
-    monkeypatch.setattr("capsrobust.cli.train.train_model", no_sweep)
+    monkeypatch.setattr("capsrobust.cli.train.train_new", no_sweep)
     directory = output(tmp_path, read_only)
     status, _, err = cli(*command, "--output", directory, "--store", store.root)
     assert status == 2
