@@ -80,9 +80,9 @@ def test_nan_inputs_are_refused(trained_capsnet):
 def test_a_stopped_sweep_keeps_its_finished_cells_and_resumes(trained_capsnet, tmp_path, monkeypatch, capsys):
     """Each finished cell is saved at once: a sweep stopped (Ctrl-C) right after its second cell keeps those two, and
     `--resume` runs only the other two."""
-    import argparse
+    import dataclasses
 
-    from capsrobust.cli.evaluate import run_and_report
+    from capsrobust.cli.evaluate import ReportPlan, run_and_report
     from capsrobust.sweep import run as run_module
 
     mut, data = trained_capsnet
@@ -98,9 +98,9 @@ def test_a_stopped_sweep_keeps_its_finished_cells_and_resumes(trained_capsnet, t
 
     monkeypatch.setattr(report, "write_partial", write_then_stop)
     config = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.1, 0.3), steps=3, trust_checks=False)
-    args = argparse.Namespace(limit=20, output=str(tmp_path), shard=None, resume=None)
+    plan = ReportPlan(limit=20, output=str(tmp_path))
     with pytest.raises(KeyboardInterrupt):
-        run_and_report("attack", [mut], data, config, args)
+        run_and_report("attack", [mut], data, config, plan)
 
     assert saved_cells == [1, 2]
     (out_dir,) = tmp_path.iterdir()
@@ -115,7 +115,7 @@ def test_a_stopped_sweep_keeps_its_finished_cells_and_resumes(trained_capsnet, t
     attack_cell = run_module._attack_cell
     monkeypatch.setattr(run_module, "_attack_cell", lambda step, eps, *a: ran.append((step.attack, eps))
                         or attack_cell(step, eps, *a))
-    run_and_report("attack", [mut], data, config, argparse.Namespace(**{**vars(args), "resume": str(out_dir)}))
+    run_and_report("attack", [mut], data, config, dataclasses.replace(plan, resume=str(out_dir)))
     assert ran == [("bim", 0.1), ("bim", 0.3)]
     done = json.loads((out_dir / "sweep.json").read_text())
     assert [(c["attack"], c["eps"]) for c in done["cells"]] == [("fgsm", 0.1), ("fgsm", 0.3), ("bim", 0.1),
@@ -125,7 +125,7 @@ def test_a_stopped_sweep_keeps_its_finished_cells_and_resumes(trained_capsnet, t
     (out_dir / "sweep.json").rename(out_dir / "finished.json")
     write_partial(run_sweep([mut], config, data.x_test[:20], data.y_test[:20]), out_dir, partial_metadata(partial))
     with pytest.raises(ConfigError, match="a stopped sweep with another config"):
-        run_and_report("attack", [mut], data, other, argparse.Namespace(**{**vars(args), "resume": str(out_dir)}))
+        run_and_report("attack", [mut], data, other, dataclasses.replace(plan, resume=str(out_dir)))
 
 
 def partial_metadata(content: dict) -> dict:
