@@ -1,6 +1,7 @@
 """`capsrobust compare`: capsule models against CNNs, every attack and eps, one report."""
 
 import argparse
+from pathlib import Path
 
 from capsrobust.cli.args import name_list
 from capsrobust.cli.evaluate import (ReportPlan, add_attack_args, check_methods, load_sources, load_under_test,
@@ -68,7 +69,7 @@ def run(args) -> int:
 
 
 def compare_models(store, entries: list, config, plan: ReportPlan, *, data_dir: str | None = None,
-                   subset: bool | None = None, sources: list[str] | None = None):
+                   subset: bool | None = None, sources: list[str] | None = None) -> Path:
     """Runs the sweep `config` (a `SweepConfig`) on the store `entries`, evaluated on the first entry's data set,
     prints the report and writes it as `plan` says; returns its directory.
 

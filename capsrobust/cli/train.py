@@ -3,9 +3,14 @@
 import argparse
 import dataclasses
 import shlex
+from typing import TYPE_CHECKING
 
 from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, config_item,
                                  non_negative_float, non_negative_int, positive_float, positive_int, unit_budget)
+
+if TYPE_CHECKING:  # the parser is built without importing Keras
+    from capsrobust.store import Entry, ModelStore
+    from capsrobust.training import TrainSettings
 
 # `capsrobust.training.adversarial.METHODS`, written out so that building the parser imports no Keras (a test
 # checks the two agree).
@@ -120,9 +125,10 @@ def run(args) -> int:
     return 0
 
 
-def train_new(store, dataset_name: str, model_name: str, settings, *, overrides: dict | None = None,
-              subset: bool = False, limit: int | None = None, val_size: int | None = None,
-              data_dir: str | None = None, command: str, quiet: bool = False):
+def train_new(store: "ModelStore", dataset_name: str, model_name: str, settings: "TrainSettings", *,
+              overrides: dict | None = None, subset: bool = False, limit: int | None = None,
+              val_size: int | None = None, data_dir: str | None = None, command: str,
+              quiet: bool = False) -> "Entry":
     """Trains a new `model_name` on `dataset_name` with `settings` (a `TrainSettings`) and publishes it in `store`.
 
     Args:
@@ -152,9 +158,9 @@ def train_new(store, dataset_name: str, model_name: str, settings, *, overrides:
     return _train_and_publish(store, store.new_run(spec), spec, dataset, settings, quiet)
 
 
-def resume_training(store, dataset_name: str, run: str = "latest", *, model_name: str | None = None,
+def resume_training(store: "ModelStore", dataset_name: str, run: str = "latest", *, model_name: str | None = None,
                     epochs: int | None = None, devices: int | None = None, strategy: str | None = None,
-                    data_dir: str | None = None, quiet: bool = False):
+                    data_dir: str | None = None, quiet: bool = False) -> "Entry":
     """Continues the unfinished run `run` (an id, or "latest": the newest on `dataset_name`, of `model_name` if
     given) with its saved settings, `epochs`, `devices` and `strategy` replacing them where given; publishes it and
     returns the new store `Entry`."""
@@ -179,7 +185,7 @@ def resume_training(store, dataset_name: str, run: str = "latest", *, model_name
 
 def recipe_settings(model_name: str, *, epochs: int | None = None, batch_size: int | None = None,
                     learning_rate: float | None = None, lr_decay: float | None = None, max_shift: int | None = None,
-                    adversarial: str | None = None, eps_warmup: int | None = None, **rest):
+                    adversarial: str | None = None, eps_warmup: int | None = None, **rest) -> "TrainSettings":
     """The `TrainSettings` of a new run: each optimisation setting given, else the model's recipe; `rest` goes to
     `TrainSettings` as it is (seed, strategy, eps, ...)."""
     from capsrobust.models import get_model_spec
@@ -196,7 +202,7 @@ def recipe_settings(model_name: str, *, epochs: int | None = None, batch_size: i
     return TrainSettings(**optimisation, adversarial=adversarial, eps_warmup=eps_warmup, **rest)
 
 
-def settings_from_args(model_name: str, args):
+def settings_from_args(model_name: str, args: argparse.Namespace) -> "TrainSettings":
     """`recipe_settings` from the `train` command's flags."""
     return recipe_settings(model_name, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                            lr_decay=args.lr_decay, max_shift=args.shift, adversarial=args.adversarial,
