@@ -16,6 +16,10 @@ reports name it as such. A member's success is misclassification, targeted or no
 result is checked on the real model and against the eps-ball before it counts.
 """
 
+import hashlib
+import json
+import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -23,11 +27,12 @@ from art.attacks.evasion import SquareAttack
 from art.attacks.evasion.auto_attack import run_attack
 
 from attacks.apgd import apgd
-from attacks.base import Attack, AttackParams, validate_inputs
+from attacks.base import Attack, AttackParams, params_record, validate_inputs
 from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
 from capsrobust.art_bridge import input_gradient, with_loss
 from capsrobust.errors import ConfigError
+from capsrobust.io import atomic_path
 from capsrobust.losses import softmax_cross_entropy, targeted_difference_of_logits_ratio
 from capsrobust.models.base import SCORES
 
@@ -49,21 +54,32 @@ class AutoAttackEnsemble(Attack):
     """
 
     loss_description = "members"
+    resumable = True  # a standard AutoAttack cell can take hours on a CPU: each finished member is kept
 
     def __init__(self, classifier, params: AttackParams, members: list[Member]):
         super().__init__(classifier, params)
         self.members = members
         self._fooled = misclassified_by(classifier, targeted=False)
 
-    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        """Adversarial images `(num_images, h, w, c)`; `y` true labels (integers or one-hot; None: predictions)."""
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None, progress_file: str | os.PathLike | None = None,
+                 **kwargs) -> np.ndarray:
+        """Adversarial images `(num_images, h, w, c)`; `y` true labels (integers or one-hot; None: predictions).
+
+        With `progress_file`, the state after each member is saved there, and a run on the same images, labels,
+        parameters and members that finds it continues after the last member saved. Each member draws from its own
+        generator (`rng(index)`), so a continued run gives what an uninterrupted one does.
+        """
+        started = time.perf_counter()
         images = validate_inputs(x)
         one_hot = self.one_hot_labels(images, y)
-        adversarial = images.copy()
-        robust = ~self._fooled(images, one_hot)
-        self.fooled_by = np.full(len(images), -1, dtype=np.int8)
-        members = {}
-        for index, (name, _, run) in enumerate(self.members):
+        key = self._progress_key(images, one_hot)
+        saved = None if progress_file is None else _load_progress(progress_file, key)
+        if saved is None:
+            first, adversarial, robust = 0, images.copy(), ~self._fooled(images, one_hot)
+            self.fooled_by, members, self.earlier_seconds = np.full(len(images), -1, dtype=np.int8), {}, 0.0
+        else:
+            first, adversarial, robust, self.fooled_by, members, self.earlier_seconds = saved
+        for index, (name, _, run) in enumerate(self.members[first:], start=first):
             rows = np.flatnonzero(robust)
             if len(rows):
                 candidate = run(images[rows], one_hot[rows], self.rng(index))
@@ -79,8 +95,21 @@ class AutoAttackEnsemble(Attack):
                 self.fooled_by[rows[won]] = index
             members[name] = {"ran": bool(len(rows)), "fooled": int(len(rows) - robust[rows].sum()) if len(rows)
                              else 0}
+            if progress_file is not None:
+                _save_progress(progress_file, key, index + 1, adversarial, robust, self.fooled_by, members,
+                               self.earlier_seconds + time.perf_counter() - started)
         self.last_run = {"members": members, "survived": int(robust.sum())}
         return adversarial
+
+    def _progress_key(self, images: np.ndarray, one_hot: np.ndarray) -> str:
+        """What a saved state must have been computed from: the inputs, the parameters and the members."""
+        digest = hashlib.sha256()
+        for array in (images, one_hot):
+            digest.update(str((array.shape, array.dtype.str)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(json.dumps([params_record(self.params), [(n, b) for n, b, _ in self.members]],
+                                 sort_keys=True, default=str).encode())
+        return digest.hexdigest()
 
     def record(self) -> dict:
         return {**super().record(), "members": [f"{name} ({budget})" for name, budget, _ in self.members]}
@@ -91,6 +120,28 @@ def _within(candidate: np.ndarray, images: np.ndarray, params: AttackParams, sla
     size = np.abs(delta).max(axis=1, initial=0) if params.norm == "inf" else np.sqrt((delta ** 2).sum(axis=1))
     return (size <= params.eps + slack) & (candidate.reshape(len(images), -1).min(axis=1, initial=0) >= 0) \
         & (candidate.reshape(len(images), -1).max(axis=1, initial=0) <= 1)
+
+
+def _save_progress(path, key: str, next_member: int, adversarial: np.ndarray, robust: np.ndarray,
+                   fooled_by: np.ndarray, members: dict, seconds: float) -> None:
+    """The ensemble's state after a member, written atomically as plain arrays and JSON (nothing that runs code)."""
+    state = json.dumps({"key": key, "next_member": next_member, "members": members, "seconds": seconds})
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as file:
+        np.savez(file, adversarial=adversarial, robust=robust, fooled_by=fooled_by, state=np.array(state))
+
+
+def _load_progress(path, key: str):
+    """`(next_member, adversarial, robust, fooled_by, members, seconds)` saved for `key` in `path`, or None: no file,
+    another run's, or one that cannot be read (the run then starts over and replaces it)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            state = json.loads(str(saved["state"]))
+            if state["key"] != key:
+                return None
+            return (int(state["next_member"]), saved["adversarial"], saved["robust"], saved["fooled_by"],
+                    state["members"], float(state["seconds"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _targets(classifier, images: np.ndarray, rank: int) -> np.ndarray:

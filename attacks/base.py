@@ -113,11 +113,16 @@ class Attack(EvasionAttack):
             images); empty before.
         fooled_by: after `generate`, `(num_images,)` int: per image, which part (`last_run["members"]`, in order)
             fooled it, -1 for none; None where the attack does not say.
+        earlier_seconds: after a `generate` that continued saved progress (`resumable`), the wall time the stopped
+            run had spent; 0 otherwise.
     """
 
     attack_params = EvasionAttack.attack_params
     _estimator_requirements = ()
     loss_description = "loss"  # what the record says the attack climbed; subclasses name theirs
+    # Whether `generate` takes `progress_file`: it saves its state there after each part, and a run stopped half-way
+    # and started again on the same inputs continues from the last finished part.
+    resumable = False
 
     def __init__(self, classifier, params: AttackParams):
         super().__init__(estimator=classifier)
@@ -125,6 +130,7 @@ class Attack(EvasionAttack):
         self.targeted = params.targeted
         self.last_run: dict = {}
         self.fooled_by: np.ndarray | None = None
+        self.earlier_seconds = 0.0
 
     def one_hot_labels(self, images: np.ndarray, y) -> np.ndarray:
         """`y` as one-hot float32 `(num_images, num_classes)`.

@@ -114,6 +114,59 @@ def test_autoattack_says_which_members_ran(capsule):
     assert "square (20 queries, p_init 0.8, 1 restart)" in attack.record()["members"]
 
 
+def test_a_stopped_autoattack_continues_from_its_last_finished_member(tmp_path):
+    """A standard AutoAttack cell takes hours on a CPU: stopped during a member and run again on the same inputs, the
+    ensemble continues after the last finished member and returns what an uninterrupted run returns."""
+    classifier = to_art_classifier(create_model("cnn-small"))  # untrained: what is tested is the bookkeeping
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    labels = classifier.predict(images).argmax(axis=1)  # every image "correct" at first
+
+    def ensemble():
+        return create_attack("autoattack", classifier, 0.002, seed=0, steps=2, options={"queries": 5})
+
+    whole = ensemble()
+    expected = whole.generate(images, labels)
+    assert whole.last_run["members"]["fab-t"]["ran"], "pick an eps at which images survive two members"
+    progress = tmp_path / "progress.npz"
+    stopped = ensemble()
+    name, budget, _ = stopped.members[2]
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    stopped.members[2] = (name, budget, stop)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.generate(images, labels, progress_file=progress)
+
+    again, ran = ensemble(), []
+    for index, (name, budget, run) in enumerate(again.members):
+        again.members[index] = (name, budget, lambda *a, run=run, name=name: ran.append(name) or run(*a))
+    np.testing.assert_array_equal(again.generate(images, labels, progress_file=progress), expected)
+    assert ran[0] == "fab-t" and set(ran) <= {"fab-t", "square"}  # the first two members were not run again
+    assert again.last_run == whole.last_run and again.earlier_seconds > 0  # the cell's time counts both runs
+    np.testing.assert_array_equal(again.fooled_by, whole.fooled_by)
+    # Saved for other inputs, the state is not used: the run starts over.
+    other, ran = ensemble(), []
+    other.members[0] = (other.members[0][0], other.members[0][1],
+                        lambda *a, run=other.members[0][2]: ran.append("apgd-ce") or run(*a))
+    other.generate(images[:3], labels[:3], progress_file=progress)
+    assert ran == ["apgd-ce"]
+
+
+def test_a_sweep_keeps_autoattacks_progress_in_its_directory_until_the_cell_is_recorded(tmp_path):
+    model = create_model("cnn-small")  # untrained: what is tested is where the progress goes
+    images = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)
+    labels = model.predict(images, verbose=0)["scores"].argmax(axis=1)
+    mut = ModelUnderTest("cnn-small-mnist-20260101-000000-aaaaaa", "cnn-small", "cnn", model, {})
+    config = SweepConfig(methods=("fgsm", "autoattack"), eps_values=(0.002,), steps=2, queries=5,
+                         trust_checks=False)
+    seen = []
+    run_sweep([mut], config, images, labels, work_dir=tmp_path,
+              on_cell=lambda so_far: seen.append(sorted(p.name for p in tmp_path.glob(".progress-*"))))
+    assert seen == [[], [f".progress-{mut.id}-autoattack-eps0.002.npz"]]  # FGSM keeps none; saved until recorded
+    assert not list(tmp_path.glob(".progress-*"))
+
+
 def test_vote_scores_are_the_squashed_mean_vote_and_the_em_one_step_activation():
     images = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     capsnet = create_model("capsnet-small")

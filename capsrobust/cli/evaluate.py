@@ -156,6 +156,7 @@ def run_and_report(command: str, under_test: list, dataset, config, plan: Report
     from capsrobust import plots, report
     from capsrobust.console import console, err_console
     from capsrobust.sweep import run_sweep
+    from capsrobust.sweep.results import SweepResult
 
     images, labels = dataset.x_test[:plan.limit], dataset.y_test[:plan.limit]
     for model in under_test:  # an adversarially trained model attacked beyond its training budget
@@ -187,18 +188,15 @@ def run_and_report(command: str, under_test: list, dataset, config, plan: Report
         with _writing_to(out_dir):
             report.write_partial(so_far, out_dir, metadata)
 
+    if previous is None:
+        save_partial(SweepResult(config))  # resumable from the start: a long first cell keeps its progress
     try:
         with Progress(TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=err_console, transient=True) as progress:
             result = run_sweep(under_test, config, images, labels, progress=progress, sources=sources,
-                               on_cell=save_partial, previous=previous, first_index=start)
+                               on_cell=save_partial, previous=previous, first_index=start, work_dir=out_dir)
     except BaseException:
-        partial = out_dir / report.PARTIAL_FILE
-        if partial.exists():
-            err_console.print(f"the cells finished before the stop are in {partial}", highlight=False)
-        if previous is None:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # only if still empty
+        _after_a_stop(out_dir, fresh=previous is None)
         raise
     with _writing_to(out_dir):
         report.write_results(result, out_dir, metadata)
@@ -226,6 +224,29 @@ def print_report(result, title: str, detection: bool) -> None:
         console.print(report.checks_table(result))
     for line in report.verdict_lines(result):
         console.print(line, highlight=False)
+
+
+def _after_a_stop(out_dir: Path, fresh: bool) -> None:
+    """Says what a stopped sweep kept in `out_dir`; a new report directory that kept nothing is removed."""
+    from capsrobust import report
+    from capsrobust.console import err_console
+    from capsrobust.sweep.records import read_record
+
+    partial = out_dir / report.PARTIAL_FILE
+    with contextlib.suppress(Exception):
+        finished = len(read_record(out_dir, partial=True).result.cells)
+        in_cell = any(out_dir.glob(".progress-*"))
+        if finished or in_cell:
+            kept = f"{finished} finished cell(s)" + (" and the finished parts of the cell it stopped in"
+                                                      if in_cell else "")
+            err_console.print(f"stopped: {kept} are kept in {partial}; `--resume {out_dir}` (the same command) "
+                              f"continues", highlight=False)
+            return
+    if fresh:
+        for name in (partial.name, "outcomes.npz"):
+            (out_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()  # only if nothing else is in it
 
 
 def _stopped_sweep(out_dir: Path, config, metadata: dict):

@@ -9,6 +9,7 @@ images.
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from capsrobust.sweep.results import Cell, CleanPass, Outcome, SweepResult
 def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndarray, labels: np.ndarray,
               progress=None, sources: list[ModelUnderTest] | None = None,
               on_cell: Callable[[SweepResult], None] | None = None, previous: SweepResult | None = None,
-              first_index: int = 0) -> SweepResult:
+              first_index: int = 0, work_dir: Path | None = None) -> SweepResult:
     """Attacks every model with every method at every eps.
 
     Args:
@@ -40,6 +41,9 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
             finished cells are kept, with their per-image outcomes, instead of run again.
         first_index: the index of `images[0]` among all the test images (a shard's offset), which seeds the
             per-image noise baseline.
+        work_dir: where an attack that can (`Attack.resumable`: AutoAttack) keeps its progress inside a cell, so
+            that a sweep stopped in the middle of a long cell and run again with `previous` continues that cell
+            from its last finished part; removed once the cell is recorded (after `on_cell`). None: not kept.
 
     Returns:
         A `SweepResult` with one cell per (model, method, eps) (per source for transfer), the per-image worst case
@@ -69,10 +73,12 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
             attacker = classifier if step.source is None else source_classifiers[step.source.id]
             for eps in config.eps_values:
                 done = None if previous is None else previous.cell(mut.id, step.attack, eps)
+                progress_file = None if work_dir is None or done is not None \
+                    else Path(work_dir) / _progress_name(step, eps)
                 if done is not None:
                     cell, outcome = done, previous.outcomes[(done.model_id, done.attack, done.eps)]
                 else:
-                    cell, outcome = _attack_cell(step, eps, config, clean, attacker)
+                    cell, outcome = _attack_cell(step, eps, config, clean, attacker, progress_file)
                     if step.source is not None:
                         whitebox = result.cell(mut.id, cell.attack_options["base"], eps)
                         metrics.add_transfer_columns(cell, whitebox, step.source, outcome, clean.attacked[1],
@@ -80,6 +86,8 @@ def run_sweep(models: list[ModelUnderTest], config: SweepConfig, images: np.ndar
                 _record(result, cell, outcome, clean)
                 if on_cell is not None:
                     on_cell(result)
+                if progress_file is not None:
+                    progress_file.unlink(missing_ok=True)
                 if progress is not None:
                     progress.advance(task)
         if config.trust_checks:
@@ -114,10 +122,17 @@ def summarise(result: SweepResult, models: list[ModelUnderTest]) -> None:
     result.verdicts = metrics.verdicts(models, robust)
 
 
-def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
-                 classifier: BatchedBridge) -> tuple[Cell, Outcome]:
-    """Runs `step`'s attack at `eps` on the images `clean` classified correctly and measures the cell."""
-    started = time.perf_counter()
+def _progress_name(step: Step, eps: float) -> str:
+    """The file an attack keeps its progress in for one cell (hidden: a report's files are the finished ones)."""
+    source = "" if step.source is None else f"-from-{step.source.id}"
+    return f".progress-{step.model.id}-{step.attack}{source}-eps{eps:g}.npz"
+
+
+def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass, classifier: BatchedBridge,
+                 progress_file: Path | None = None) -> tuple[Cell, Outcome]:
+    """Runs `step`'s attack at `eps` on the images `clean` classified correctly and measures the cell; an attack
+    that can keep its progress inside the cell keeps it in `progress_file`."""
+    started, earlier = time.perf_counter(), 0.0
     x, y = clean.attacked
     num_classes = step.model.model.num_classes
     rng = np.random.default_rng(config.seed)
@@ -126,14 +141,17 @@ def _attack_cell(step: Step, eps: float, config: SweepConfig, clean: CleanPass,
     attempt = Attempt(resolve_params(step.method, eps, **arguments), targets, x)
     if len(x) and eps > 0:  # at eps = 0 the only admissible image is the original
         attack = create_attack(step.method, classifier, eps, **arguments)
-        attempt.adversarial = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets]).astype("float32")
+        keep = {"progress_file": progress_file} if progress_file is not None and attack.resumable else {}
+        attempt.adversarial = attack.generate(x=x, y=np.eye(num_classes, dtype="float32")[targets],
+                                              **keep).astype("float32")
         attempt.record = attack.record()
         attempt.fooled_by = attack.fooled_by
+        earlier = attack.earlier_seconds  # spent on this cell by a process that was stopped
         if step.source is None:  # a transfer attack's classifier is its source's: the target's loss is not at hand
             attempt.losses = (classifier.compute_loss(x, targets),
                               classifier.compute_loss(attempt.adversarial, targets))
     cell, outcome = metrics.measure(step, eps, config, clean, attempt)
-    cell.seconds = round(time.perf_counter() - started, 2)
+    cell.seconds = round(time.perf_counter() - started + earlier, 2)
     return cell, outcome
 
 
