@@ -125,23 +125,34 @@ def _within(candidate: np.ndarray, images: np.ndarray, params: AttackParams, sla
 def _save_progress(path, key: str, next_member: int, adversarial: np.ndarray, robust: np.ndarray,
                    fooled_by: np.ndarray, members: dict, seconds: float) -> None:
     """The ensemble's state after a member, written atomically as plain arrays and JSON (nothing that runs code)."""
-    state = json.dumps({"key": key, "next_member": next_member, "members": members, "seconds": seconds})
+    arrays = {"adversarial": adversarial, "robust": robust, "fooled_by": fooled_by}
+    state = json.dumps({"key": key, "next_member": next_member, "members": members, "seconds": seconds,
+                        "arrays": _digest(arrays)})
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as file:
-        np.savez(file, adversarial=adversarial, robust=robust, fooled_by=fooled_by, state=np.array(state))
+        np.savez(file, **arrays, state=np.array(state))
 
 
 def _load_progress(path, key: str):
     """`(next_member, adversarial, robust, fooled_by, members, seconds)` saved for `key` in `path`, or None: no file,
-    another run's, or one that cannot be read (the run then starts over and replaces it)."""
+    another run's, or one that cannot be read or was edited (the run then starts over and replaces it)."""
     try:
         with np.load(path, allow_pickle=False) as saved:
             state = json.loads(str(saved["state"]))
-            if state["key"] != key:
-                return None
-            return (int(state["next_member"]), saved["adversarial"], saved["robust"], saved["fooled_by"],
-                    state["members"], float(state["seconds"]))
+            arrays = {name: saved[name] for name in ("adversarial", "robust", "fooled_by")}
+        if state["key"] != key or state["arrays"] != _digest(arrays):
+            return None
+        return (int(state["next_member"]), arrays["adversarial"], arrays["robust"], arrays["fooled_by"],
+                state["members"], float(state["seconds"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name, array in sorted(arrays.items()):
+        digest.update(f"{name}{array.shape}{array.dtype.str}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _targets(classifier, images: np.ndarray, rank: int) -> np.ndarray:

@@ -145,7 +145,16 @@ def test_a_stopped_autoattack_continues_from_its_last_finished_member(tmp_path):
     assert ran[0] == "fab-t" and set(ran) <= {"fab-t", "square"}  # the first two members were not run again
     assert again.last_run == whole.last_run and again.earlier_seconds > 0  # the cell's time counts both runs
     np.testing.assert_array_equal(again.fooled_by, whole.fooled_by)
-    # Saved for other inputs, the state is not used: the run starts over.
+    # Saved for other inputs, or edited, the state is not used: the run starts over.
+    from attacks.autoattack import _load_progress
+
+    key = again._progress_key(images, np.eye(10, dtype=np.float32)[labels])
+    assert _load_progress(progress, key) is not None
+    with np.load(progress) as saved:
+        edited = {name: saved[name] for name in saved.files}
+    edited["robust"] = ~edited["robust"]
+    np.savez(progress, **edited)
+    assert _load_progress(progress, key) is None
     other, ran = ensemble(), []
     other.members[0] = (other.members[0][0], other.members[0][1],
                         lambda *a, run=other.members[0][2]: ran.append("apgd-ce") or run(*a))
