@@ -215,7 +215,6 @@ def test_routing_in_chunks_equals_routing_the_whole_batch(compiled):
     np.testing.assert_allclose(votes.numpy(), tf.reshape(expected, votes.shape).numpy(), rtol=1e-12)
 
 
-
 def test_a_graph_for_any_batch_routes_small_batches_whole_and_large_ones_in_chunks():
     """The ART bridge traces one graph for every batch size: a batch that fits in a chunk is routed as it is (not
     padded to a chunk), a larger one in chunks, with the values and gradients of routing the batch whole."""
