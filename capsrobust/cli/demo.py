@@ -3,7 +3,7 @@ then the zoo's converged capsule network and CNN compared under attack on the su
 
 import argparse
 
-from capsrobust.cli.args import add_store_arg, directory, positive_int, writable_directory
+from capsrobust.cli.args import add_store_arg, directory, eps_list, positive_int, writable_directory
 
 HELP = ("offline demo: train a small CapsNet briefly on the bundled subset, then compare the zoo's converged "
         "capsnet-small and cnn-small under attack")
@@ -43,7 +43,7 @@ def run(args) -> int:
         console.print(f"{entry.name}: {metrics['test_accuracy']:.2%} on the {metrics['test_images']:,} MNIST test "
                       f"images, trained by `{entry.card.get('command', '?')}`", highlight=False, soft_wrap=True)
     # `capsrobust compare mnist --subset --models <the zoo's> --limit N`, with its defaults.
-    config = SweepConfig(methods=tuple(SUITES["standard"].split(",")),
-                         eps_values=tuple(float(eps) for eps in DEFAULT_EPS.split(",")), skip_inapplicable=True)
+    config = SweepConfig(methods=tuple(SUITES["standard"].split(",")), eps_values=eps_list(DEFAULT_EPS),
+                         skip_inapplicable=True)
     compare_models(store, zoo, config, ReportPlan(limit=args.limit, output=args.output), subset=True)
     return 0
