@@ -103,13 +103,9 @@ class AutoAttackEnsemble(Attack):
 
     def _progress_key(self, images: np.ndarray, one_hot: np.ndarray) -> str:
         """What a saved state must have been computed from: the inputs, the parameters and the members."""
-        digest = hashlib.sha256()
-        for array in (images, one_hot):
-            digest.update(str((array.shape, array.dtype.str)).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        digest.update(json.dumps([params_record(self.params), [(n, b) for n, b, _ in self.members]],
-                                 sort_keys=True, default=str).encode())
-        return digest.hexdigest()
+        setup = json.dumps([_digest({"images": images, "labels": one_hot}), params_record(self.params),
+                            [(name, budget) for name, budget, _ in self.members]], sort_keys=True, default=str)
+        return hashlib.sha256(setup.encode()).hexdigest()
 
     def record(self) -> dict:
         return {**super().record(), "members": [f"{name} ({budget})" for name, budget, _ in self.members]}
@@ -148,6 +144,7 @@ def _load_progress(path, key: str):
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """A sha256 of named arrays: their names, shapes, dtypes and bytes."""
     digest = hashlib.sha256()
     for name, array in sorted(arrays.items()):
         digest.update(f"{name}{array.shape}{array.dtype.str}".encode())
