@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # directly or through another fixture, is marked slow. Tests that train or start processes in their own body carry
 # `@pytest.mark.slow` themselves. `python -m pytest -m "not slow"` runs the quick tier (see pytest.ini).
 SLOW_FIXTURES = {
-    "trained_small_models",  # below: capsnet-small and cnn-small trained 2 epochs (attack, sweep, bridge tests)
+    "trained_small_models",  # below: the zoo's capsnet-small and cnn-small, attacked (attack, sweep tests)
     "run_under_backend",  # below: a Python subprocess under another Keras backend
     "two_device_run",  # test_distribute.py: a subprocess training on two logical devices
 }
@@ -46,14 +46,17 @@ def mnist_subset():
 
 
 @pytest.fixture(scope="session")
-def trained_small_models(mnist_subset, tmp_path_factory):
-    """capsnet-small and cnn-small trained 2 epochs on the subset, once per session (attack and sweep tests)."""
-    from capsrobust.models import model_config
-    from capsrobust.training import TrainSettings, fit
+def trained_small_models(tmp_path_factory):
+    """The zoo's capsnet-small and cnn-small (attack, sweep and bridge tests), loaded once per session.
 
-    settings = TrainSettings(epochs=2, batch_size=64)
-    return {name: fit(name, model_config(name), mnist_subset, settings, tmp_path_factory.mktemp(name)).model
-            for name in ("capsnet-small", "cnn-small")}
+    Converged models, as users attack them, trained on full MNIST by `capsrobust train` (their cards say how): a
+    model trained for two epochs here cost a minute and a half per test process and is not what a robustness figure
+    is measured on (a half-trained capsule network's margin loss is rarely flat, a converged one's often is).
+    """
+    from capsrobust.store import ModelStore
+
+    store = ModelStore(tmp_path_factory.mktemp("store"))
+    return {name: store.load(store.resolve(name, "mnist", zoo_only=True)) for name in ("capsnet-small", "cnn-small")}
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ TOLERANCE = 0.05  # accuracy an iterative attack may trail FGSM by (3 of 64 imag
 
 @pytest.fixture(scope="module")
 def classifiers(trained_small_models):
-    """Both families trained 2 epochs on the subset (once per session), as ART classifiers (default loss chain)."""
+    """Both families, the zoo's converged models (once per session), as ART classifiers (default loss chain)."""
     return {family: to_art_classifier(trained_small_models[name]) for family, name in FAMILIES.items()}
 
 
@@ -65,7 +65,7 @@ def test_every_method_stays_in_the_linf_ball_and_in_the_unit_range(at_eps_0_1, c
         assert adversarial.shape == images.shape and adversarial.dtype == np.float32
         assert _distances(adversarial, images, "inf").max() <= 0.1 + 1e-6, method
         assert adversarial.min() >= 0.0 and adversarial.max() <= 1.0, method
-        assert np.mean(_distances(adversarial, images, "inf") > 0.09) > 0.5, method  # it did move
+        assert np.all(_distances(adversarial, images, "inf") > 0), method  # every image moved: no zero gradient
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -48,8 +48,9 @@ def test_sweep_fields_and_outputs(trained_capsnet, tmp_path):
     flagged = mut.detector.flags(reconstruction_distances(mut.model, adversarial))
     assert strongest.undetected_success_rate == pytest.approx(float(np.mean(fooled & ~flagged)))
     names = {c["check"] for c in result.checks}
-    assert names == {"iterative >= single-step", "accuracy non-increasing in eps", "stronger than random noise",
-                     "unbounded attack wins", "attacked images moved", "attack loss moves the right way"}
+    assert names - {"close to the strongest attack"} == {  # that one runs where BIM is not the strongest
+        "iterative >= single-step", "accuracy non-increasing in eps", "stronger than random noise",
+        "unbounded attack wins", "attacked images moved", "attack loss moves the right way"}
 
     report.write_results(result, tmp_path, {"command": "test"})
     saved = json.loads((tmp_path / "sweep.json").read_text())
