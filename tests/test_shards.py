@@ -43,6 +43,18 @@ def setup(mnist_subset, tmp_path_factory):
     return models, images, labels, split
 
 
+@pytest.fixture(scope="module")
+def whole(setup):
+    """The sweep run in one process on all `IMAGES` images: what merged shards and a resumed run must equal.
+
+    The unbounded-attack check runs on the first 2 attacked images (the first shard holds them), as in every test here.
+    """
+    models, images, labels, _ = setup
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checks, "EPS_ONE_IMAGES", 2)
+        return run_sweep(models, CONFIG, images, labels)
+
+
 def _metadata(models, first: int, count: int, shard) -> dict:
     return {"command": "compare", "data": {"name": "mnist", "source": "subset", "limit": IMAGES, "evaluated": count,
                                            "first_index": first, "shard": shard},
@@ -61,10 +73,9 @@ def _same(first, second) -> None:
         assert json.loads(json.dumps(getattr(first, name))) == json.loads(json.dumps(getattr(second, name))), name
 
 
-def test_merged_shards_equal_the_whole_run(setup, tmp_path, monkeypatch):
+def test_merged_shards_equal_the_whole_run(setup, whole, tmp_path, monkeypatch):
     models, images, labels, split = setup
     monkeypatch.setattr(checks, "EPS_ONE_IMAGES", 2)
-    whole = run_sweep(models, CONFIG, images, labels)
     directories = []
     for k, (start, stop) in enumerate([(0, split), (split, IMAGES)], start=1):
         part = run_sweep(models, CONFIG, images[start:stop], labels[start:stop], first_index=start)
@@ -82,16 +93,16 @@ def test_merged_shards_equal_the_whole_run(setup, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="shards 1 to 2"):
         merge_records([read_record(directories[0])])
     other = tmp_path / "other"
-    report.write_results(run_sweep(models, dataclasses.replace(CONFIG, seed=1), images[split:], labels[split:],
-                                   first_index=split), other,
+    report.write_results(run_sweep(models, dataclasses.replace(CONFIG, seed=1, methods=("fgsm",)), images[split:],
+                                   labels[split:], first_index=split), other,
                          _metadata(models, split, IMAGES - split, [2, 2]))
     with pytest.raises(ConfigError, match="its config differs"):
         merge_records([read_record(directories[0]), read_record(other)])
 
 
-def test_a_stopped_sweep_resumes_from_its_finished_cells(setup, tmp_path, monkeypatch):
+def test_a_stopped_sweep_resumes_from_its_finished_cells(setup, whole, tmp_path, monkeypatch):
     models, images, labels, _ = setup
-    whole = run_sweep(models, CONFIG, images, labels)
+    monkeypatch.setattr(checks, "EPS_ONE_IMAGES", 2)
     metadata = _metadata(models, 0, IMAGES, None)
 
     def stop_after_three(so_far):
