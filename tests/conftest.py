@@ -49,9 +49,9 @@ def mnist_subset():
 def trained_small_models(tmp_path_factory):
     """The zoo's capsnet-small and cnn-small (attack, sweep and bridge tests), loaded once per session.
 
-    Converged models, as users attack them, trained on full MNIST by `capsrobust train` (their cards say how): a
-    model trained for two epochs here cost a minute and a half per test process and is not what a robustness figure
-    is measured on (a half-trained capsule network's margin loss is rarely flat, a converged one's often is).
+    Converged models, as users attack them, trained on full MNIST by `capsrobust train` (their cards say how).
+    Training two models for two epochs here took about two minutes of every test process, and gave half-trained
+    models, whose margin loss is rarely flat where a converged capsule network's often is.
     """
     from capsrobust.store import ModelStore
 
