@@ -51,7 +51,7 @@ def trained_small_models(tmp_path_factory):
 
     Converged models, as users attack them, trained on full MNIST by `capsrobust train` (their cards say how).
     Training two models for two epochs here took about two minutes of every test process, and gave half-trained
-    models, whose margin loss is rarely flat where a converged capsule network's often is.
+    models, not the converged ones robustness figures are measured on (whose margin loss is often flat).
     """
     from capsrobust.store import ModelStore
 
