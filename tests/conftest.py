@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # directly or through another fixture, is marked slow. Tests that train or start processes in their own body carry
 # `@pytest.mark.slow` themselves. `python -m pytest -m "not slow"` runs the quick tier (see pytest.ini).
 SLOW_FIXTURES = {
-    "trained_small_models",  # below: the zoo's capsnet-small and cnn-small, attacked (attack, sweep tests)
+    "trained_small_models",  # below: the zoo's capsnet-small and cnn-small (attack, sweep, cross-backend tests)
     "run_under_backend",  # below: a Python subprocess under another Keras backend
     "two_device_run",  # test_distribute.py: a subprocess training on two logical devices
 }
@@ -47,7 +47,7 @@ def mnist_subset():
 
 @pytest.fixture(scope="session")
 def trained_small_models(tmp_path_factory):
-    """The zoo's capsnet-small and cnn-small (attack, sweep and bridge tests), loaded once per session.
+    """The zoo's capsnet-small and cnn-small (attack, sweep and cross-backend tests), loaded once per session.
 
     Converged models, as users attack them, trained on full MNIST by `capsrobust train` (their cards say how).
     Training two models for two epochs here took about two minutes of every test process, and gave half-trained
