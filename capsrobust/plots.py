@@ -72,14 +72,17 @@ def accuracy_vs_eps(result: SweepResult, path: Path) -> Path:
 
 
 def roc_plot(result: SweepResult, path: Path) -> Path | None:
-    """The detector's ROC curve per (model, attack, eps): clean test vs successful adversarial distances."""
-    if not result.roc:
+    """The detector's ROC curve per (model, attack, eps): clean test vs successful adversarial distances.
+
+    None, and no file, when no cell has both (no detector, or no attack succeeded).
+    """
+    curves = {key: roc_curve(negatives, positives) for key, (negatives, positives) in result.roc.items()
+              if len(positives) and len(negatives)}
+    if not curves:
         return None
     figure, ax = plt.subplots(figsize=(5, 5))
-    for (model_id, attack, eps), (negatives, positives) in result.roc.items():
-        if len(positives) and len(negatives):
-            fpr, tpr = roc_curve(negatives, positives)
-            ax.plot(fpr, tpr, label=f"{model_name_of(model_id)} {attack} eps={eps:g}")
+    for (model_id, attack, eps), (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=f"{model_name_of(model_id)} {attack} eps={eps:g}")
     ax.plot([0, 1], [0, 1], color="gray", linewidth=0.8)
     ax.axvline(0.05, color="gray", linestyle=":", linewidth=0.8)
     ax.set_xlabel("false-positive rate (clean test)")

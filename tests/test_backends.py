@@ -107,32 +107,48 @@ def test_a_ctrl_c_that_keras_swallowed_is_raised_again():
         signal.signal(signal.SIGINT, inherited)
 
 
-TRAIN_AND_PREDICT = """
+# In one subprocess per backend (each start costs a framework import and a trace): test_training's straight-vs-resumed
+# pair of runs, then a CLI training whose stored weights this process loads.
+TRAIN_RESUME_AND_PREDICT = """
 import json
 import sys
+from pathlib import Path
+import numpy as np
 from capsrobust.cli import main
 from capsrobust.data import load_dataset
 from capsrobust.models.predict import predict_batched
 from capsrobust.store import ModelStore
+sys.path.insert(0, "tests")
+from test_training import _straight_and_resumed
 
+subset = load_dataset("mnist", subset=True)
+straight, resumed = _straight_and_resumed("cnn-small", subset, Path({run_dir!r}))
+difference = max(float(np.abs(a - b).max()) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights()))
 assert main(["train", "mnist", "--subset", "--model", "capsnet-small", "--epochs", "1", "--limit", "256",
              "--batch-size", "64", "--quiet"]) == 0
 store = ModelStore()
 (entry,) = store.entries()
-outputs = predict_batched(store.load(entry), load_dataset("mnist", subset=True).x_test[:8])
-print(json.dumps({"id": entry.id, "outputs": {key: value.tolist() for key, value in outputs.items()},
-                  "tensorflow_imported": "tensorflow" in sys.modules}))
+outputs = predict_batched(store.load(entry), subset.x_test[:8])
+print(json.dumps({{"id": entry.id, "outputs": {{key: value.tolist() for key, value in outputs.items()}},
+                  "resume_difference": difference, "tensorflow_imported": "tensorflow" in sys.modules}}))
 """
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != keras.backend.backend()])
-def test_trained_under_another_backend_loads_here(backend, run_under_backend):
-    """Weights trained under `backend` give the same outputs under this process's backend (TensorFlow in CI)."""
+def test_under_another_backend_a_resume_is_exact_and_the_weights_load_here(backend, run_under_backend, tmp_path):
+    """A resumed run equals an uninterrupted one under `backend` (this process's backend: test_training.py), and
+    weights trained there give the same outputs here (TensorFlow in CI).
+
+    cnn-small has dropout: under torch its masks come from Keras's seed generator, whose state the checkpoint keeps,
+    not from torch's global generator, whose state it does not.
+    """
     from capsrobust.data import load_dataset
     from capsrobust.models.predict import accuracy, predict_batched
     from capsrobust.store import ModelStore
 
-    answer = json.loads(run_under_backend(backend, TRAIN_AND_PREDICT).strip().splitlines()[-1])
+    output = run_under_backend(backend, TRAIN_RESUME_AND_PREDICT.format(run_dir=str(tmp_path)))
+    answer = json.loads(output.strip().splitlines()[-1])
+    assert answer["resume_difference"] == 0.0
     assert not answer["tensorflow_imported"]  # seconds of start-up and a screen of log lines, for nothing
     store = ModelStore()
     entry = store.resolve(answer["id"])
@@ -150,25 +166,3 @@ def test_trained_under_another_backend_loads_here(backend, run_under_backend):
     # The card's accuracy was measured by the trained model in memory under `backend`: the same weights, here.
     assert accuracy(model, dataset.x_test, dataset.y_test) == pytest.approx(card["metrics"]["test_accuracy"],
                                                                             abs=2 / len(dataset.x_test))
-
-
-# test_training's straight-vs-resumed pair of runs, under another backend (the subprocess imports this checkout).
-RESUME = """
-import sys
-from pathlib import Path
-import numpy as np
-from capsrobust.data import load_dataset
-sys.path.insert(0, "tests")
-from test_training import _straight_and_resumed
-
-straight, resumed = _straight_and_resumed("cnn-small", load_dataset("mnist", subset=True), Path({run_dir!r}))
-print(max(float(np.abs(a - b).max()) for a, b in zip(straight.model.get_weights(), resumed.model.get_weights())))
-"""
-
-
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != keras.backend.backend()])
-def test_a_resumed_run_equals_an_uninterrupted_one_on_the_other_backends(backend, run_under_backend, tmp_path):
-    """cnn-small has dropout: under torch its masks come from Keras's seed generator, whose state the checkpoint
-    keeps, not from torch's global generator, whose state it does not. (This process's backend: test_training.py.)"""
-    output = run_under_backend(backend, RESUME.format(run_dir=str(tmp_path)))
-    assert float(output.strip().splitlines()[-1]) == 0.0

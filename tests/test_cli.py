@@ -1,4 +1,5 @@
-"""The command line end to end, as a user runs it: separate processes, a temporary store, the bundled subset."""
+"""The command line end to end, as a user runs it: real processes (then, for later steps, `main` in this process),
+a temporary store, the bundled subset."""
 
 import json
 import os
@@ -14,8 +15,24 @@ def capsrobust(*args, home):
                           timeout=600)
 
 
+@pytest.fixture
+def in_process(monkeypatch, capsys):
+    """`in_process(home, *args) -> (exit code, stdout, stderr)`: `capsrobust ARGS` in this process, for the commands
+    after a test's real processes have shown their exit codes (each new process costs a TensorFlow import)."""
+    from capsrobust.cli import main
+
+    def run(home, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("CAPSROBUST_HOME", str(home))
+        monkeypatch.setenv("COLUMNS", "200")
+        capsys.readouterr()
+        code = main(list(args))
+        return (code, *capsys.readouterr())
+
+    return run
+
+
 @pytest.mark.slow
-def test_train_models_test_end_to_end(tmp_path):
+def test_train_models_test_end_to_end(tmp_path, in_process):
     trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "2000",
                          home=tmp_path)
     assert trained.returncode == 0, trained.stderr
@@ -23,25 +40,24 @@ def test_train_models_test_end_to_end(tmp_path):
     entry = next((tmp_path / "models").iterdir())
     assert (entry / "card.json").is_file() and (entry / "model.weights.h5").is_file()
 
-    listed = capsrobust("models", home=tmp_path)
-    assert listed.returncode == 0 and entry.name in listed.stdout and "capsnet-small" in listed.stdout
+    code, listed, _ = in_process(tmp_path, "models")
+    assert code == 0 and entry.name in listed and "capsnet-small" in listed
 
-    tested = capsrobust("test", "--model", "cnn-small", "--dataset", "mnist", home=tmp_path)
-    assert tested.returncode == 0, tested.stderr
-    accuracy = float(tested.stdout.split("│")[-4])  # the accuracy cell of the result row
+    code, tested, error = in_process(tmp_path, "test", "--model", "cnn-small", "--dataset", "mnist")
+    assert code == 0, error
+    accuracy = float(tested.split("│")[-4])  # the accuracy cell of the result row
     assert accuracy > 0.7
 
-    no_decoder = capsrobust("visualize", "--model", "cnn-small", home=tmp_path)
-    assert no_decoder.returncode == 2 and "no reconstruction decoder" in no_decoder.stderr
+    code, _, error = in_process(tmp_path, "visualize", "--model", "cnn-small")
+    assert code == 2 and "no reconstruction decoder" in error
 
 
-# One of each kind, as a real process: an argument argparse refuses, a name the registry refuses, and a state the
-# store refuses. tests/faults/test_cli_arguments.py runs every other bad input in-process.
+# Two kinds, as a real process: an argument argparse refuses and a name the registry refuses.
+# tests/faults/test_cli_arguments.py runs every other bad input in-process.
 @pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["train", "mnist", "--epochs", "0"], "expected a positive integer"),
     (["train", "mnist", "--subset", "--model", "resnet"], "unknown model 'resnet'"),
-    (["train", "mnist", "--resume"], "no unfinished run on mnist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     result = capsrobust(*args, home=tmp_path)
@@ -52,7 +68,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_attack_and_detect_end_to_end(tmp_path, monkeypatch, capsys):
+def test_attack_and_detect_end_to_end(tmp_path, in_process):
     # What follows needs a stored model with a decoder and a detector, not a good one: 1,000 images train it.
     trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-recon", "--epochs", "1", "--limit", "1000",
                          home=tmp_path)
@@ -68,21 +84,17 @@ def test_attack_and_detect_end_to_end(tmp_path, monkeypatch, capsys):
     assert {"sweep.json", "sweep.csv", "accuracy_vs_eps.png", "roc.png"} <= written
     assert "sweep.partial.json" not in written  # the finished results replaced the per-cell saves
 
-    grids = capsrobust("visualize", "--model", "cnn-recon", "--images", "2", "--first", "7", "--output", str(out),
-                       home=tmp_path)
-    assert grids.returncode == 0, grids.stderr
+    # The rest in this process (the processes above tested exit codes).
+    code, _, error = in_process(tmp_path, "visualize", "--model", "cnn-recon", "--images", "2", "--first", "7",
+                                "--output", str(out))
+    assert code == 0, error
     (grid_dir,) = out.glob("visualize-cnn-recon-mnist-*")
     assert sorted(p.name for p in grid_dir.iterdir()) == ["pose-grid-7.png", "pose-grid-8.png"]
 
-    # Refusals in this process (a new one costs a TensorFlow import; the processes above tested exit codes).
-    from capsrobust.cli import main
-
-    monkeypatch.setenv("CAPSROBUST_HOME", str(tmp_path))
     for args, message in ((["--method", "vote"], "vote does not apply: cnn-recon has no capsule votes"),
                           (["--method", "transfer", "--source", "resnet"], "no trained 'resnet' on mnist")):
-        capsys.readouterr()
-        assert main(["attack", "--model", "cnn-recon", *args]) == 2
-        error = capsys.readouterr().err
+        code, _, error = in_process(tmp_path, "attack", "--model", "cnn-recon", *args)
+        assert code == 2
         assert message in error and error.count("\n") == 1 and "Traceback" not in error
 
 
@@ -95,16 +107,17 @@ def test_transfer_without_a_source_is_one_line_and_exit_2(capsys):
 
 
 @pytest.mark.slow
-def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path):
+def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path, in_process):
     trained = capsrobust("train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations", "1",
-                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "192", "--batch-size", "32",
+                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "192", "--val-size", "64",
+                         "--batch-size", "32",
                          home=tmp_path)
     assert trained.returncode == 0, trained.stderr
     (entry,) = (tmp_path / "models").iterdir()
     card = json.loads((entry / "card.json").read_text())
     assert card["config"]["em_iterations"] == 1 and card["config"]["reconstruction"] is True  # --config survives
     assert card["detector"]["threshold"] > 0 and card["score_kind"] == "activations"
-    detected = capsrobust("detect", "--model", "em-capsnet-small", "--method", "fgsm", "--eps", "0.1", "--limit", "20",
-                          "--no-checks", "--output", str(tmp_path / "out"), home=tmp_path)
-    assert detected.returncode == 0, detected.stderr
-    assert "em-capsnet-small" in detected.stdout and "AUROC" in detected.stdout
+    code, detected, error = in_process(tmp_path, "detect", "--model", "em-capsnet-small", "--method", "fgsm",
+                                       "--eps", "0.1", "--limit", "20", "--no-checks", "--output", str(tmp_path / "out"))
+    assert code == 0, error
+    assert "em-capsnet-small" in detected and "AUROC" in detected

@@ -1,9 +1,12 @@
-"""Figures: an image grid is written even for an attack cell that kept no example images."""
+"""Figures: an image grid is written even for an attack cell that kept no example images; a ROC curve only where an
+attack succeeded."""
+
+from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.image import imread
 
-from capsrobust.plots import example_grid
+from capsrobust.plots import example_grid, roc_plot
 
 
 def test_an_example_grid_without_images_is_still_written(tmp_path):
@@ -29,3 +32,12 @@ def test_an_example_grid_shows_the_amplified_perturbation(tmp_path):
                - brightness(images["none"], slice(None, third["none"]))) < 0.02
     assert brightness(images["small"], slice(-third["small"], None)) \
         > brightness(images["none"], slice(-third["none"], None)) + 0.1
+
+
+def test_a_roc_plot_is_drawn_only_for_cells_with_successful_attacks(tmp_path):
+    clean = np.linspace(0.0, 1.0, 20)
+    nothing_fooled = SimpleNamespace(roc={("cnn-recon-mnist-20260101-000000-aaaaaa", "fgsm", 0.1): (clean, clean[:0])})
+    assert roc_plot(nothing_fooled, tmp_path / "roc.png") is None and not (tmp_path / "roc.png").exists()
+    fooled = SimpleNamespace(roc={**nothing_fooled.roc,
+                                  ("cnn-recon-mnist-20260101-000000-aaaaaa", "bim", 0.1): (clean, clean + 0.5)})
+    assert roc_plot(fooled, tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,7 +1,8 @@
 """Per-image outcomes, resume and shards: a sweep split into shards and merged is the sweep run whole, and a stopped
 sweep resumed is the sweep run through; reports from other sweeps, or edited ones, are refused in one line.
 
-CNNs trained for one epoch on the bundled subset keep this fast: what is tested is the bookkeeping, not robustness.
+A CNN with a decoder trained for one epoch on the bundled subset, and the zoo's cnn-small, keep this fast: what is
+tested is the bookkeeping, not robustness.
 Batches of one image make every gradient independent of which other images share its batch, so a shard computes
 exactly what the whole run computes for each of its images.
 """
@@ -22,17 +23,17 @@ from capsrobust.sweep.merge import merge_records
 from capsrobust.sweep.records import PARTIAL_FILE, SWEEP_FILE, read_record
 from capsrobust.training import TrainSettings, fit
 
-pytestmark = pytest.mark.slow  # trains two small CNNs
+pytestmark = pytest.mark.slow  # trains a small CNN
 
 IMAGES = 24
 CONFIG = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.05, 0.1), steps=3, batch_size=1, examples=2)
 
 
 @pytest.fixture(scope="module")
-def setup(mnist_subset, tmp_path_factory):
-    settings = TrainSettings(epochs=1, batch_size=64)
-    recon, cnn = (fit(name, model_config(name), mnist_subset, settings, tmp_path_factory.mktemp(name)).model
-                  for name in ("cnn-recon", "cnn-small"))
+def setup(mnist_subset, trained_small_models, tmp_path_factory):
+    recon = fit("cnn-recon", model_config("cnn-recon"), mnist_subset, TrainSettings(epochs=1, batch_size=64),
+                tmp_path_factory.mktemp("cnn-recon")).model
+    cnn = trained_small_models["cnn-small"]
     images, labels = mnist_subset.x_test[:IMAGES], mnist_subset.y_test[:IMAGES]
     detector = ReconstructionDetector.fit(reconstruction_distances(recon, mnist_subset.x_val[:50]))
     models = [ModelUnderTest("cnn-recon-mnist-20260101-000000-aaaaaa", "cnn-recon", "cnn", recon, {}, detector),
