@@ -274,6 +274,7 @@ def test_our_apgd_ce_is_at_least_as_strong_as_arts(capsule):
     theirs = _accuracy(classifier, art.generate(images, np.eye(10, dtype=np.float32)[labels]), labels)
     assert theirs < 1.0  # ART's APGD does something at this budget, so the comparison means something
     attack = create_attack("autoattack-fast", classifier, eps, steps=steps, seed=0)
+    attack.members = attack.members[:1]  # APGD-CE alone: APGD-T's 9 targets would run for nothing compared here
     attack.generate(images, labels)
     ours = 1 - attack.last_run["members"]["apgd-ce"]["fooled"] / len(images)
     assert ours <= theirs + TOLERANCE
