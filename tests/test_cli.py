@@ -118,6 +118,7 @@ def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path, in_process)
     assert card["config"]["em_iterations"] == 1 and card["config"]["reconstruction"] is True  # --config survives
     assert card["detector"]["threshold"] > 0 and card["score_kind"] == "activations"
     code, detected, error = in_process(tmp_path, "detect", "--model", "em-capsnet-small", "--method", "fgsm",
-                                       "--eps", "0.1", "--limit", "20", "--no-checks", "--output", str(tmp_path / "out"))
+                                       "--eps", "0.1", "--limit", "20", "--no-checks",
+                                       "--output", str(tmp_path / "out"))
     assert code == 0, error
     assert "em-capsnet-small" in detected and "AUROC" in detected
