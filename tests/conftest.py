@@ -1,7 +1,6 @@
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,11 +27,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-    # Files with the most slow tests first, each file's tests in their own order: under `-n 2 --dist loadfile` the
-    # workers take whole files in this order, so the long ones start at once and the quick ones fill the end, where
-    # one long file started last would leave the other core idle for minutes.
-    slow_tests = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow_tests[item.path])
 
 
 @pytest.fixture(autouse=True)
