@@ -1,9 +1,16 @@
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+# Under pytest-xdist (`-n 2`) each worker computes on one thread, in its subprocesses too: TensorFlow's and torch's
+# pools otherwise size themselves to every core in each worker, and the two workers' pools contend for the same cores.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 
 # ART sets up logging handlers on sys.stderr when first imported. Imported inside a test that captures output (capsys),
 # they would hold that test's capture buffer and write to it after it is closed ("I/O operation on closed file",
