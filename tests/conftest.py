@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 # Under pytest-xdist (`-n 2`) each worker computes on one thread, in its subprocesses too: TensorFlow's and torch's
-# pools otherwise size themselves to every core in each worker, and the two workers' pools contend for the same cores.
+# pools otherwise size themselves to every core in each worker, two workers' worth of threads on two cores.
 if "PYTEST_XDIST_WORKER" in os.environ:
     for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
         os.environ.setdefault(variable, "1")

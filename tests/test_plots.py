@@ -35,9 +35,8 @@ def test_an_example_grid_shows_the_amplified_perturbation(tmp_path):
 
 
 def test_a_roc_plot_is_drawn_only_for_cells_with_successful_attacks(tmp_path):
-    clean = np.linspace(0.0, 1.0, 20)
-    nothing_fooled = SimpleNamespace(roc={("cnn-recon-mnist-20260101-000000-aaaaaa", "fgsm", 0.1): (clean, clean[:0])})
+    model_id, clean = "cnn-recon-mnist-20260101-000000-aaaaaa", np.linspace(0.0, 1.0, 20)  # clean distances
+    nothing_fooled = SimpleNamespace(roc={(model_id, "fgsm", 0.1): (clean, clean[:0])})
     assert roc_plot(nothing_fooled, tmp_path / "roc.png") is None and not (tmp_path / "roc.png").exists()
-    fooled = SimpleNamespace(roc={**nothing_fooled.roc,
-                                  ("cnn-recon-mnist-20260101-000000-aaaaaa", "bim", 0.1): (clean, clean + 0.5)})
+    fooled = SimpleNamespace(roc={**nothing_fooled.roc, (model_id, "bim", 0.1): (clean, clean + 0.5)})
     assert roc_plot(fooled, tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
