@@ -48,6 +48,8 @@ class CrossCheck:
         theirs_fooled_by: per member, how many images it fooled first.
         p_value: McNemar's exact test on the two discordant counts.
         seconds: torchattacks' wall time.
+        theirs_survived: per attacked image, in the sweep's order, "1" where torchattacks left it correct: with the
+            sweep's own outcomes, the worst case over both implementations.
     """
 
     model_id: str
@@ -62,6 +64,7 @@ class CrossCheck:
     theirs_fooled_by: dict
     p_value: float
     seconds: float
+    theirs_survived: str
 
     @classmethod
     def pair(cls, model_id: str, attack: str, eps: float, ours_robust: np.ndarray, theirs_robust: np.ndarray,
@@ -70,7 +73,8 @@ class CrossCheck:
         only_ours = int(np.sum(~ours_robust & theirs_robust))
         only_theirs = int(np.sum(ours_robust & ~theirs_robust))
         return cls(model_id, attack, eps, len(ours_robust), int(ours_robust.sum()), int(theirs_robust.sum()),
-                   only_ours, only_theirs, invalid, theirs_fooled_by, mcnemar_exact(only_ours, only_theirs), seconds)
+                   only_ours, only_theirs, invalid, theirs_fooled_by, mcnemar_exact(only_ours, only_theirs), seconds,
+                   "".join("1" if robust else "0" for robust in theirs_robust))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ours_robust_ci": wilson_interval(self.ours_robust, self.images),

@@ -18,6 +18,7 @@ def test_pairing_counts_the_images_each_implementation_alone_fooled():
     check = CrossCheck.pair("m", "autoattack", 0.1, ours, theirs, invalid=0, theirs_fooled_by={}, seconds=1.0)
     assert (check.images, check.ours_robust, check.theirs_robust) == (6, 4, 2)
     assert (check.only_ours_fooled, check.only_theirs_fooled) == (1, 3)
+    assert check.theirs_survived == "100100"  # per image, for a worst case over both implementations
     assert check.p_value == pytest.approx(0.625)  # two-sided exact binomial, 1 of 4 discordant pairs
     assert "within chance" in check.verdict and "missed 3 of 6" in check.verdict
     record = check.to_dict()
