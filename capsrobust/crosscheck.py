@@ -28,7 +28,7 @@ from capsrobust.data import load_dataset
 from capsrobust.errors import ConfigError
 from capsrobust.models.base import SCORES
 from capsrobust.models.predict import predict_batched
-from capsrobust.stats import mcnemar_exact, wilson_interval
+from capsrobust.stats import mcnemar_exact, outcome_bits, wilson_interval
 
 ATTACKS = ("autoattack", "autoattack-fast")  # the sweep attacks a cross-check can pair with
 MEMBERS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"), "autoattack-fast": ("apgd-ce", "apgd-t")}
@@ -74,7 +74,7 @@ class CrossCheck:
         only_theirs = int(np.sum(ours_robust & ~theirs_robust))
         return cls(model_id, attack, eps, len(ours_robust), int(ours_robust.sum()), int(theirs_robust.sum()),
                    only_ours, only_theirs, invalid, theirs_fooled_by, mcnemar_exact(only_ours, only_theirs), seconds,
-                   "".join("1" if robust else "0" for robust in theirs_robust))
+                   outcome_bits(theirs_robust))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ours_robust_ci": wilson_interval(self.ours_robust, self.images),

@@ -5,6 +5,8 @@ a figure without an interval cannot say whether a 3-point gap is real. Two model
 same images are compared with McNemar's exact test, which looks only at the images the two disagree on.
 """
 
+from collections.abc import Iterable
+
 from scipy.stats import binomtest
 
 CONFIDENCE = 0.95
@@ -23,3 +25,9 @@ def mcnemar_exact(only_first: int, only_second: int) -> float:
     `only_first` favour the first and `only_second` the second; under the null hypothesis each is a fair coin."""
     discordant = int(only_first) + int(only_second)
     return float(binomtest(int(only_first), discordant, 0.5).pvalue) if discordant else 1.0
+
+
+def outcome_bits(flags: Iterable[bool]) -> str:
+    """Per-image outcomes `(n,)` bool as a string of "1" and "0", as reports store them: what a paired test between
+    two runs on the same images (`mcnemar_exact`) needs."""
+    return "".join("1" if flag else "0" for flag in flags)

@@ -98,11 +98,9 @@ def test_attack_and_detect_end_to_end(tmp_path, in_process):
         assert message in error and error.count("\n") == 1 and "Traceback" not in error
 
 
-def test_transfer_without_a_source_is_one_line_and_exit_2(capsys):
-    from capsrobust.cli import main
-
-    assert main(["attack", "--method", "fgsm,transfer", "--eps", "0.1"]) == 2
-    error = capsys.readouterr().err
+def test_transfer_without_a_source_is_one_line_and_exit_2(tmp_path, in_process):
+    code, _, error = in_process(tmp_path, "attack", "--method", "fgsm,transfer", "--eps", "0.1")
+    assert code == 2
     assert "needs a source model to craft on: add --source MODEL" in error and error.count("\n") == 1
 
 

@@ -14,7 +14,7 @@ from attacks.iterative import l2_norms
 from capsrobust.detection import auroc, auroc_interval, reconstruction_distances
 from capsrobust.models.base import RECONSTRUCTION, SCORES
 from capsrobust.models.predict import predict_batched
-from capsrobust.stats import mcnemar_exact, wilson_interval
+from capsrobust.stats import mcnemar_exact, outcome_bits, wilson_interval
 from capsrobust.sweep.plan import ModelUnderTest, Step, SweepConfig
 from capsrobust.sweep.results import Cell, CleanPass, Outcome
 
@@ -165,7 +165,7 @@ def worst_case(mut: ModelUnderTest, cells: list[Cell], survived: dict, undetecte
                      "worst_case_accuracy_ci": wilson_interval(int(robust.sum()), len(robust)),
                      # Per evaluated image, 1 where it survived every attack: what a verdict between two separate
                      # runs on the same images needs (`capsrobust.stats.mcnemar_exact`).
-                     "survived": "".join("1" if r else "0" for r in robust),
+                     "survived": outcome_bits(robust),
                      "strongest_attack": strongest.attack, "strongest_accuracy": strongest.adversarial_accuracy,
                      "undetected_success_any": (_mean(undetected[eps]) if mut.detector is not None else None)})
     return rows
