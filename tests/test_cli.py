@@ -74,17 +74,17 @@ def test_attack_and_detect_end_to_end(tmp_path, in_process):
                          home=tmp_path)
     assert trained.returncode == 0, trained.stderr
     out = tmp_path / "out"
-    attacked = capsrobust("attack", "--model", "cnn-recon", "--method", "fgsm,bim", "--eps", "0.1,0.2", "--steps", "5",
-                          "--limit", "50", "--output", str(out), home=tmp_path)
-    assert attacked.returncode == 0, attacked.stderr
-    assert "trust checks" in attacked.stdout and "undetected" in attacked.stdout
+    # The rest in this process (the process above tested the exit code and what a real process leaves).
+    code, attacked, error = in_process(tmp_path, "attack", "--model", "cnn-recon", "--method", "fgsm,bim", "--eps",
+                                       "0.1,0.2", "--steps", "5", "--limit", "50", "--output", str(out))
+    assert code == 0, error
+    assert "trust checks" in attacked and "undetected" in attacked
     (result_dir,) = out.iterdir()
     assert result_dir.name.startswith("attack-cnn-recon-mnist-fgsm+bim-eps0.1,0.2-")
     written = {p.name for p in result_dir.iterdir()}
     assert {"sweep.json", "sweep.csv", "accuracy_vs_eps.png", "roc.png"} <= written
     assert "sweep.partial.json" not in written  # the finished results replaced the per-cell saves
 
-    # The rest in this process (the processes above tested exit codes).
     code, _, error = in_process(tmp_path, "visualize", "--model", "cnn-recon", "--images", "2", "--first", "7",
                                 "--output", str(out))
     assert code == 0, error
@@ -106,11 +106,11 @@ def test_transfer_without_a_source_is_one_line_and_exit_2(tmp_path, in_process):
 
 @pytest.mark.slow
 def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path, in_process):
-    trained = capsrobust("train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations", "1",
-                         "--config", "reconstruction=true", "--epochs", "1", "--limit", "192", "--val-size", "64",
-                         "--batch-size", "32",
-                         home=tmp_path)
-    assert trained.returncode == 0, trained.stderr
+    # In this process: the tests above train as a real process.
+    code, _, error = in_process(tmp_path, "train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations",
+                                "1", "--config", "reconstruction=true", "--epochs", "1", "--limit", "192",
+                                "--val-size", "64", "--batch-size", "32", "--quiet")
+    assert code == 0, error
     (entry,) = (tmp_path / "models").iterdir()
     card = json.loads((entry / "card.json").read_text())
     assert card["config"]["em_iterations"] == 1 and card["config"]["reconstruction"] is True  # --config survives

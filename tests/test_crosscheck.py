@@ -1,10 +1,7 @@
 """The cross-check against torchattacks: pairing per-image outcomes, the eps-ball check, and end to end on the zoo's
-cnn-small (a real process under the torch backend)."""
+cnn-small (torchattacks in the real torch-backend process the command starts)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -45,15 +42,21 @@ def test_a_directory_that_is_no_sweep_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchattacks_checks_a_sweep_on_the_zoo_cnn(tmp_path):
+def test_torchattacks_checks_a_sweep_on_the_zoo_cnn(tmp_path, monkeypatch, capsys):
+    """Both commands run in this process (each new process costs a TensorFlow import); torchattacks runs in the
+    torch-backend process `crosscheck` starts."""
     pytest.importorskip("torchattacks")
-    env = {**os.environ, "CAPSROBUST_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    from capsrobust.cli import main
+
+    monkeypatch.setenv("CAPSROBUST_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
 
     def capsrobust(*args):
-        done = subprocess.run([sys.executable, "-m", "capsrobust", *args], capture_output=True, text=True, env=env,
-                              timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert code == 0, err[-2000:]
+        return out
 
     capsrobust("attack", "--model", "cnn-small", "--subset", "--method", "autoattack-fast", "--eps", "0.1",
                "--steps", "10", "--limit", "30", "--output", str(tmp_path))

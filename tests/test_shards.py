@@ -25,7 +25,7 @@ from capsrobust.training import TrainSettings, fit
 
 pytestmark = pytest.mark.slow  # trains a small CNN
 
-IMAGES = 24
+IMAGES = 12
 CONFIG = SweepConfig(methods=("fgsm", "bim"), eps_values=(0.05, 0.1), steps=3, batch_size=1, examples=2)
 
 
