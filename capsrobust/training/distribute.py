@@ -5,8 +5,9 @@ Strategies (`capsrobust train --strategy`, `--devices N`):
 - `none`: one device, whatever the backend picks.
 - `mirrored`: synchronous data parallelism over the first N local devices (GPUs, else the CPU split into N logical
   devices): TensorFlow's `MirroredStrategy`, JAX's `keras.distribution.DataParallel`.
-- `multi-worker`: the same across machines: TensorFlow's `MultiWorkerMirroredStrategy` (the cluster comes from
-  `TF_CONFIG`), JAX's `DataParallel` over every process's devices after `jax.distributed.initialize()`.
+- `multi-worker`: the same across machines: JAX's `DataParallel` over every process's devices after
+  `jax.distributed.initialize()`. Refused under TensorFlow: Keras 3's train step fails under
+  `MultiWorkerMirroredStrategy` (see `resolve_strategy`).
 - `auto` (default): `mirrored` when `--devices` is above 1, else `none`.
 
 The batch size is global: each step's batch is split across the replicas and their gradients are summed, so a run on
@@ -28,7 +29,8 @@ def resolve_strategy(strategy: str, devices: int | None) -> str:
     """The strategy `auto` stands for, after checking the pair.
 
     Raises:
-        ConfigError: an unknown strategy, a device count below 1, or several devices with `none`.
+        ConfigError: an unknown strategy, a device count below 1, several devices with `none`, or `multi-worker`
+            under TensorFlow.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -38,6 +40,14 @@ def resolve_strategy(strategy: str, devices: int | None) -> str:
         return "mirrored" if devices and devices > 1 else "none"
     if strategy == "none" and devices and devices > 1:
         raise ConfigError(f"--strategy none trains on one device; use --strategy mirrored for devices={devices}")
+    if strategy == "multi-worker" and keras.backend.backend() == "tensorflow":
+        # Tried with two workers on one machine: once the strategy is made at start-up (TensorFlow configures its
+        # collective ops only then), Keras 3's TensorFlow trainer reduces the first batch, a dict, in one collective
+        # call, and each step's scalar logs along an axis they do not have; both fail. Upstream:
+        # https://github.com/tensorflow/tensorflow/issues/72388 (Keras 2 worked).
+        raise ConfigError(f"--strategy multi-worker does not run under TensorFlow with Keras {keras.__version__}: "
+                          "its distributed train step fails (tensorflow/tensorflow#72388); use --strategy mirrored "
+                          "on one machine, or KERAS_BACKEND=jax")
     return strategy
 
 
@@ -119,10 +129,7 @@ def _chosen(available: list, devices: int | None) -> list:
 def _tensorflow_scope(strategy: str, devices: int | None) -> Iterator[int]:
     import tensorflow as tf
 
-    if strategy == "mirrored":
-        engine = tf.distribute.MirroredStrategy(devices=_chosen(local_devices(), devices))
-    else:
-        engine = tf.distribute.MultiWorkerMirroredStrategy()
+    engine = tf.distribute.MirroredStrategy(devices=_chosen(local_devices(), devices))  # multi-worker: refused
     with engine.scope():
         yield engine.num_replicas_in_sync
 
@@ -132,7 +139,11 @@ def _jax_scope(strategy: str, devices: int | None) -> Iterator[int]:
     import jax
 
     if strategy == "multi-worker":
-        jax.distributed.initialize()  # the coordinator address, process count and id come from the environment
+        try:  # the coordinator address, process count and id come from the cluster's environment
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as error:
+            raise ConfigError(f"--strategy multi-worker: jax.distributed.initialize() found no cluster ({error})") \
+                from None
         chosen = jax.devices()
     else:
         chosen = _chosen(jax.local_devices(), devices)
