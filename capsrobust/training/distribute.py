@@ -5,8 +5,9 @@ Strategies (`capsrobust train --strategy`, `--devices N`):
 - `none`: one device, whatever the backend picks.
 - `mirrored`: synchronous data parallelism over the first N local devices (GPUs, else the CPU split into N logical
   devices): TensorFlow's `MirroredStrategy`, JAX's `keras.distribution.DataParallel`.
-- `multi-worker`: the same across machines: JAX's `DataParallel` over every process's devices after
-  `jax.distributed.initialize()`. Refused under TensorFlow: Keras 3's train step fails under
+- `multi-worker`: meant for the same across machines. Under JAX, `DataParallel` over every process's devices after
+  `jax.distributed.initialize()`; not yet usable: every process still feeds the whole batch where Keras expects its
+  share, and writes its own checkpoints. Refused under TensorFlow: Keras 3's train step fails under
   `MultiWorkerMirroredStrategy` (see `resolve_strategy`).
 - `auto` (default): `mirrored` when `--devices` is above 1, else `none`.
 
@@ -47,7 +48,7 @@ def resolve_strategy(strategy: str, devices: int | None) -> str:
         # https://github.com/tensorflow/tensorflow/issues/72388 (Keras 2 worked).
         raise ConfigError(f"--strategy multi-worker does not run under TensorFlow with Keras {keras.__version__}: "
                           "its distributed train step fails (tensorflow/tensorflow#72388); use --strategy mirrored "
-                          "on one machine, or KERAS_BACKEND=jax")
+                          "on one machine")
     return strategy
 
 
