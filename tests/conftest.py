@@ -85,3 +85,20 @@ def run_under_backend():
         return done.stdout
 
     return run
+
+
+@pytest.fixture
+def in_process(monkeypatch, capsys):
+    """`in_process(home, *args) -> (exit code, stdout, stderr)`: `capsrobust ARGS` in this process, with the store in
+    `home`, for commands whose exit code and output a test checks once a real process has shown what only a process
+    can (each new process costs a TensorFlow import)."""
+    from capsrobust.cli import main
+
+    def run(home, *args: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("CAPSROBUST_HOME", str(home))
+        monkeypatch.setenv("COLUMNS", "200")
+        capsys.readouterr()
+        code = main(list(args))
+        return (code, *capsys.readouterr())
+
+    return run

@@ -15,22 +15,6 @@ def capsrobust(*args, home):
                           timeout=600)
 
 
-@pytest.fixture
-def in_process(monkeypatch, capsys):
-    """`in_process(home, *args) -> (exit code, stdout, stderr)`: `capsrobust ARGS` in this process, for the commands
-    after a test's real processes have shown their exit codes (each new process costs a TensorFlow import)."""
-    from capsrobust.cli import main
-
-    def run(home, *args: str) -> tuple[int, str, str]:
-        monkeypatch.setenv("CAPSROBUST_HOME", str(home))
-        monkeypatch.setenv("COLUMNS", "200")
-        capsys.readouterr()
-        code = main(list(args))
-        return (code, *capsys.readouterr())
-
-    return run
-
-
 @pytest.mark.slow
 def test_train_models_test_end_to_end(tmp_path, in_process):
     trained = capsrobust("train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "2000",

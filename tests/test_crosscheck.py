@@ -42,19 +42,13 @@ def test_a_directory_that_is_no_sweep_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_torchattacks_checks_a_sweep_on_the_zoo_cnn(tmp_path, monkeypatch, capsys):
+def test_torchattacks_checks_a_sweep_on_the_zoo_cnn(tmp_path, in_process):
     """Both commands run in this process (each new process costs a TensorFlow import); torchattacks runs in the
     torch-backend process `crosscheck` starts."""
     pytest.importorskip("torchattacks")
-    from capsrobust.cli import main
-
-    monkeypatch.setenv("CAPSROBUST_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("COLUMNS", "200")
 
     def capsrobust(*args):
-        capsys.readouterr()
-        code = main(list(args))
-        out, err = capsys.readouterr()
+        code, out, err = in_process(tmp_path / "home", *args)
         assert code == 0, err[-2000:]
         return out
 

@@ -308,15 +308,12 @@ def test_model_config_comes_from_the_data_set(fake_norb, monkeypatch):
     one_line_error(excinfo, "does not fit smallnorb: image_shape=[28, 28, 1]", "image_shape=[32, 32, 1]")
 
 
-def test_train_without_files_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    from capsrobust.cli import main
-
-    for name, value in {"CAPSROBUST_HOME": str(tmp_path), "CAPSROBUST_OFFLINE": "1", "COLUMNS": "200",
-                        "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
-        monkeypatch.setenv(name, value)
+def test_train_without_files_is_one_line_and_exit_2(tmp_path, monkeypatch, in_process):
+    monkeypatch.setenv("CAPSROBUST_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CAPSROBUST_DATA", raising=False)
-    assert main(["train", "smallnorb", "--model", "cnn-small"]) == 2
-    error = capsys.readouterr().err
+    code, _, error = in_process(tmp_path, "train", "smallnorb", "--model", "cnn-small")
+    assert code == 2
     assert len(error.strip().splitlines()) == 1, error
     assert "no smallNORB files found" in error and URL in error
     assert not any((tmp_path / "models").glob("*"))
