@@ -7,7 +7,7 @@
 >>> create_attack("vote", classifier, eps=0.1, seed=0).generate(images, labels)  # a capsule model's classifier
 
 Modules: `base` (parameters, input checks, requirements, the base class), `iterative` (the projected-gradient loop
-of FGSM, BIM, PGD), `apgd`, `fab`, `autoattack`, `vote`, `rbim`, `transfer`, and `registry`, which imports them all.
+of FGSM, BIM, PGD), `apgd`, `fab`, `square`, `autoattack`, `vote`, `rbim`, `transfer`, and `registry`, which imports them all.
 """
 
 from attacks.base import NORMS, REQUIREMENTS, Attack, AttackParams, params_record, unmet_requirement, validate_inputs

@@ -8,8 +8,9 @@ report, and a cheaper gradient-only version for CPU runs.
   9 targets, the 2nd to the 10th most likely class of the clean image, in that order.
 - `fab-t`: targeted FAB (`attacks.fab`, Croce & Hein 2020), 100 iterations, 1 restart, the same 9 targets.
   (`steps` sets the iterations of APGD and FAB alike.)
-- `square`: ART's Square Attack (Andriushchenko et al. 2020), score-based and gradient-free, 5,000 queries,
-  `p_init` 0.8, 1 restart. It catches gradient masking the others would miss.
+- `square`: Square Attack (Andriushchenko et al. 2020, `attacks.square`), score-based and gradient-free, 5,000
+  queries, `p_init` 0.8, 1 restart, the reference's window schedule. It catches gradient masking the others would
+  miss. Under L2 it is ART's `SquareAttack` (three forward passes per query, the schedule rescaled to the budget).
 
 `autoattack-fast` is `apgd-ce` then `apgd-t` (where the reference's first two members do almost all the work);
 reports name it as such. A member's success is misclassification, targeted or not, as in the reference, and every
@@ -30,6 +31,7 @@ from attacks.apgd import apgd
 from attacks.base import Attack, AttackParams, params_record, validate_inputs
 from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
+from attacks.square import square_linf
 from capsrobust.art_bridge import input_gradient, with_loss
 from capsrobust.errors import ConfigError
 from capsrobust.io import atomic_path
@@ -238,21 +240,29 @@ def _fab_t(classifier, params: AttackParams) -> Member:
 
 def _square(classifier, params: AttackParams) -> Member:
     queries = int(params.options["queries"])
-    norm = np.inf if params.norm == "inf" else 2
-    attack = SquareAttack(classifier, norm=norm, eps=params.eps, max_iter=queries, p_init=SQUARE_P_INIT,
+    budget = f"{queries} queries, p_init {SQUARE_P_INIT}, 1 restart"
+    if params.norm == "inf":
+        def run(images, labels, rng):
+            found, _ = square_linf(classifier.predict, images, labels.argmax(axis=1), eps=params.eps,
+                                   queries=queries, p_init=SQUARE_P_INIT, rng=rng)
+            return found
+        return "square", budget, run
+
+    # L2: ART's Square, whose window schedule is rescaled to the budget (`attacks.square` says how that differs).
+    attack = SquareAttack(classifier, norm=2, eps=params.eps, max_iter=queries, p_init=SQUARE_P_INIT,
                           nb_restarts=1, batch_size=params.batch_size, verbose=False)
 
-    def run(images, labels, rng):
+    def run_art(images, labels, rng):
         # ART's Square draws its squares from numpy's global generator: seeded from `rng`, restored afterwards.
         state = np.random.get_state()
         np.random.seed(int(rng.integers(2 ** 31)))
         try:
             robust = np.ones(len(images), dtype=bool)
-            adversarial, _ = run_attack(images.copy(), labels, robust, attack, classifier, norm=norm, eps=params.eps)
+            adversarial, _ = run_attack(images.copy(), labels, robust, attack, classifier, norm=2, eps=params.eps)
             return adversarial
         finally:
             np.random.set_state(state)
-    return "square", f"{queries} queries, p_init {SQUARE_P_INIT}, 1 restart", run
+    return "square", f"{budget}, ART's", run_art
 
 
 def build_autoattack(classifier, params: AttackParams, fast: bool = False) -> AutoAttackEnsemble:

@@ -211,7 +211,7 @@ def _members(model, spec: dict, eps: float, num_classes: int) -> list:
                                multi_targeted=True, n_classes=num_classes)
         fab.n_target_classes = targets
         members += [fab, torchattacks.Square(model, norm=norm, eps=eps, n_queries=spec["queries"], n_restarts=1,
-                                             seed=seed)]
+                                             seed=seed, resc_schedule=False)]  # standard AutoAttack's schedule
     return members
 
 

@@ -28,7 +28,7 @@ LAYERS = [
 ]
 # Inside a package, the order its modules may import each other in (the package's __init__ comes last).
 ORDERS = {
-    "attacks": ["base", "iterative", "apgd", "fab", "rbim", "vote", "autoattack", "transfer", "registry"],
+    "attacks": ["base", "iterative", "apgd", "fab", "square", "rbim", "vote", "autoattack", "transfer", "registry"],
     "capsrobust.sweep": ["plan", "results", "metrics", "checks", "run", "records", "merge"],
 }
 
