@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 from art.attacks.evasion import SquareAttack
 from art.attacks.evasion.auto_attack import run_attack
+from keras import ops
 
 from attacks.apgd import apgd
 from attacks.base import Attack, AttackParams, params_record, validate_inputs
@@ -33,6 +34,7 @@ from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
 from attacks.square import square_linf
 from capsrobust.art_bridge import input_gradient, with_loss
+from capsrobust.art_bridge.batched import batch_slices
 from capsrobust.errors import ConfigError
 from capsrobust.io import atomic_path
 from capsrobust.losses import softmax_cross_entropy, targeted_difference_of_logits_ratio
@@ -214,9 +216,26 @@ def targeted_difference_of_logits_ratio_of(model):
     return objective
 
 
+def score_gap_of(model):
+    """`f_t - f_y` of `model`'s scores as an objective `(images, [true | target] one-hot) -> (batch,)`: the function
+    whose zero set FAB linearises."""
+    num_classes = model.num_classes
+
+    def objective(images, labels):
+        scores = model(images, training=False)[SCORES]
+        return ops.sum(scores * (labels[:, num_classes:] - labels[:, :num_classes]), axis=-1)
+    return objective
+
+
 def _fab_t(classifier, params: AttackParams) -> Member:
-    def class_gradient(images, classes):
-        return classifier.class_gradient(images, label=classes)[:, 0]
+    model = classifier.source_model
+    gap_gradient = input_gradient(score_gap_of(model), model.image_shape, 2 * model.num_classes)
+    eye = np.eye(model.num_classes, dtype=np.float32)
+
+    def boundary_gradient(images, y, target):
+        both = np.concatenate([eye[y], eye[target]], axis=1)
+        return np.concatenate([gap_gradient(images[rows], both[rows])
+                               for rows in batch_slices(len(images), params.batch_size)])
 
     def run(images, labels, rng):
         y = labels.argmax(axis=1)
@@ -227,7 +246,7 @@ def _fab_t(classifier, params: AttackParams) -> Member:
             rows = np.flatnonzero(left)
             if not len(rows):
                 break
-            found = fab_targeted(classifier.predict, class_gradient, images[rows], y[rows],
+            found = fab_targeted(classifier.predict, boundary_gradient, images[rows], y[rows],
                                  _targets(classifier, images[rows], rank), eps=params.eps, norm=params.norm,
                                  steps=params.steps, restarts=FAB_RESTARTS,
                                  rng=np.random.default_rng(seeds[rank - 2]))

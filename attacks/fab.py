@@ -29,10 +29,11 @@ from capsrobust.errors import ConfigError
 
 NORMS = ("inf", "2")
 Scores = Callable[[np.ndarray], np.ndarray]  # images (b, h, w, c) -> (b, num_classes)
-ClassGradient = Callable[[np.ndarray, np.ndarray], np.ndarray]  # images, classes (b,) -> (b, h, w, c)
+# images, labels (b,), targets (b,) -> (b, h, w, c): the gradient of f_target - f_label, one backward pass
+BoundaryGradient = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def fab_targeted(scores: Scores, class_gradient: ClassGradient, x: np.ndarray, y: np.ndarray, target: np.ndarray, *,
+def fab_targeted(scores: Scores, boundary_gradient: BoundaryGradient, x: np.ndarray, y: np.ndarray, target: np.ndarray, *,
                  eps: float, norm: str = "inf", steps: int = 100, restarts: int = 1, rng: np.random.Generator,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> np.ndarray:
     """Targeted FAB: for each image, the smallest misclassified point it finds within `eps`.
@@ -42,8 +43,8 @@ def fab_targeted(scores: Scores, class_gradient: ClassGradient, x: np.ndarray, y
 
     Args:
         scores: `images (b, h, w, c) -> (b, num_classes)` class scores (logits or capsule lengths).
-        class_gradient: `(images (b, h, w, c), classes (b,)) -> (b, h, w, c)`, the gradient of each image's score of
-            `classes[i]` with respect to its pixels.
+        boundary_gradient: `(images (b, h, w, c), labels (b,), targets (b,)) -> (b, h, w, c)`, the gradient of each
+            image's `f_target - f_label` with respect to its pixels (one backward pass, as the reference takes it).
         x: clean images `(n, h, w, c)`, float in [0, 1].
         y: true labels `(n,)`.
         target: the class per image `(n,)` whose boundary with `y` is linearised; must differ from `y` where the
@@ -80,7 +81,7 @@ def fab_targeted(scores: Scores, class_gradient: ClassGradient, x: np.ndarray, y
         if todo.size == 0:
             break
         start = x[todo] if restart == 0 else _random_start(x[todo], eps, norm, rng)
-        found, distance = _single_run(scores, class_gradient, x[todo], y[todo], target[todo], start, norm=norm,
+        found, distance = _single_run(scores, boundary_gradient, x[todo], y[todo], target[todo], start, norm=norm,
                                       steps=steps, alpha_max=alpha_max, eta=eta, beta=beta)
         fooled = distance <= eps
         adversarial[todo[fooled]] = found[fooled]
@@ -88,7 +89,7 @@ def fab_targeted(scores: Scores, class_gradient: ClassGradient, x: np.ndarray, y
     return adversarial
 
 
-def _single_run(scores: Scores, class_gradient: ClassGradient, x0: np.ndarray, y: np.ndarray, target: np.ndarray,
+def _single_run(scores: Scores, boundary_gradient: BoundaryGradient, x0: np.ndarray, y: np.ndarray, target: np.ndarray,
                 start: np.ndarray, *, norm: str, steps: int, alpha_max: float, eta: float,
                 beta: float) -> tuple[np.ndarray, np.ndarray]:
     """One FAB-T run from `start` `(b, h, w, c)` around `x0` `(b, h, w, c)`.
@@ -106,7 +107,7 @@ def _single_run(scores: Scores, class_gradient: ClassGradient, x0: np.ndarray, y
         images = point.reshape(shape)
         logits = scores(images)
         gap = logits[rows, target] - logits[rows, y]  # > 0 once the target wins
-        normal = (class_gradient(images, target) - class_gradient(images, y)).reshape(batch, -1).astype(np.float64)
+        normal = boundary_gradient(images, y, target).reshape(batch, -1).astype(np.float64)
         offset = np.sum(normal * point, axis=1) - gap  # the linearised boundary: normal . z = offset
         both = _PROJECTIONS[norm](np.concatenate([point, origin]), np.concatenate([normal, normal]),
                                   np.concatenate([offset, offset]))

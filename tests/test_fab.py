@@ -27,8 +27,8 @@ class Affine:
     def scores(self, images: np.ndarray) -> np.ndarray:
         return images.reshape(len(images), -1).astype(np.float64) @ self.weights.T + self.bias
 
-    def class_gradient(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        return self.weights[classes].reshape(len(images), 6, 6, 1)
+    def boundary_gradient(self, images: np.ndarray, labels: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        return (self.weights[targets] - self.weights[labels]).reshape(len(images), 6, 6, 1)
 
     def minimal_distance(self, x: np.ndarray, y: np.ndarray, target: np.ndarray, norm: str) -> np.ndarray:
         """Distance from each image to its hyperplane `f_target = f_y`: the margin over the dual norm of the normal."""
@@ -54,7 +54,7 @@ def test_affine_classifier_minimal_distance(affine_problem, norm):
     largest_move = minimal if norm == "inf" else minimal * np.max(np.abs(normal), 1) / np.linalg.norm(normal, axis=1)
     assert np.all(1.05 * largest_move < 0.3), "the box must be inactive: x is in [0.3, 0.7]"
 
-    found = fab_targeted(model.scores, model.class_gradient, x, y, target, eps=1.0, norm=norm, steps=10,
+    found = fab_targeted(model.scores, model.boundary_gradient, x, y, target, eps=1.0, norm=norm, steps=10,
                          rng=np.random.default_rng(0))
 
     assert np.all(np.argmax(model.scores(found), axis=1) != y)
@@ -69,7 +69,7 @@ def test_only_successes_within_eps_are_returned(affine_problem, norm):
     minimal = model.minimal_distance(x, y, target, norm)
     eps = float(np.median(minimal))
 
-    found = fab_targeted(model.scores, model.class_gradient, x, y, target, eps=eps, norm=norm, steps=10,
+    found = fab_targeted(model.scores, model.boundary_gradient, x, y, target, eps=eps, norm=norm, steps=10,
                          rng=np.random.default_rng(0))
 
     reachable, unreachable = minimal * 1.01 < eps, minimal > eps
@@ -82,7 +82,7 @@ def test_only_successes_within_eps_are_returned(affine_problem, norm):
 def test_misclassified_images_are_returned_unchanged(affine_problem):
     model, x, y, target = affine_problem
     wrong = 1 - y  # so every image starts misclassified, and the target may equal its "label"
-    found = fab_targeted(model.scores, model.class_gradient, x, wrong, wrong, eps=1.0, steps=5,
+    found = fab_targeted(model.scores, model.boundary_gradient, x, wrong, wrong, eps=1.0, steps=5,
                          rng=np.random.default_rng(0))
     np.testing.assert_array_equal(found, x)
 
@@ -91,7 +91,7 @@ def test_misclassified_images_are_returned_unchanged(affine_problem):
 def test_restarts_are_reproducible_and_start_eps_over_two_away(affine_problem, norm):
     model, x, y, target = affine_problem
     eps = float(np.median(model.minimal_distance(x, y, target, norm)))
-    runs = [fab_targeted(model.scores, model.class_gradient, x, y, target, eps=eps, norm=norm, steps=3, restarts=3,
+    runs = [fab_targeted(model.scores, model.boundary_gradient, x, y, target, eps=eps, norm=norm, steps=3, restarts=3,
                          rng=np.random.default_rng(7)) for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert np.all(_distance(runs[0], x, norm) <= eps)
@@ -105,14 +105,14 @@ def test_restarts_are_reproducible_and_start_eps_over_two_away(affine_problem, n
 def test_rejects_bad_parameters(affine_problem, arguments):
     model, x, y, target = affine_problem
     with pytest.raises(ConfigError, match=f"Received: {next(iter(arguments))}="):
-        fab_targeted(model.scores, model.class_gradient, x, y, target, **{"eps": 0.1, **arguments},
+        fab_targeted(model.scores, model.boundary_gradient, x, y, target, **{"eps": 0.1, **arguments},
                      rng=np.random.default_rng(0))
 
 
 def test_rejects_target_equal_to_label_of_correct_image(affine_problem):
     model, x, y, _ = affine_problem
     with pytest.raises(ConfigError, match="target == y"):
-        fab_targeted(model.scores, model.class_gradient, x, y, y, eps=0.1, rng=np.random.default_rng(0))
+        fab_targeted(model.scores, model.boundary_gradient, x, y, y, eps=0.1, rng=np.random.default_rng(0))
 
 
 def _random_problems(seed: int, count: int = 40, dim: int = 6):
@@ -194,9 +194,10 @@ def test_agrees_with_torchattacks(torch_cnn, mnist_subset, norm):
         with torch.no_grad():
             return torch_cnn(as_torch(images)).numpy()
 
-    def class_gradient(images, classes):
+    def boundary_gradient(images, labels, targets):
         images = as_torch(images).requires_grad_()
-        torch_cnn(images)[torch.arange(len(classes)), torch.as_tensor(classes)].sum().backward()
+        logits, rows = torch_cnn(images), torch.arange(len(labels))
+        (logits[rows, torch.as_tensor(targets)] - logits[rows, torch.as_tensor(labels)]).sum().backward()
         return images.grad.permute(0, 2, 3, 1).numpy()
 
     logits = scores(x)
@@ -205,7 +206,7 @@ def test_agrees_with_torchattacks(torch_cnn, mnist_subset, norm):
     attack = torchattacks.FAB(torch_cnn, norm={"inf": "Linf", "2": "L2"}[norm], eps=whole_box, steps=100,
                               n_restarts=1, multi_targeted=True, n_classes=2)
     theirs = attack(as_torch(x), torch.as_tensor(y)).permute(0, 2, 3, 1).numpy()
-    ours = fab_targeted(scores, class_gradient, x, y, np.argsort(logits, axis=1)[:, -2], eps=whole_box, norm=norm,
+    ours = fab_targeted(scores, boundary_gradient, x, y, np.argsort(logits, axis=1)[:, -2], eps=whole_box, norm=norm,
                         steps=100, rng=np.random.default_rng(0))
 
     distances = {}
