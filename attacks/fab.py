@@ -103,9 +103,9 @@ def _single_run(scores: Scores, boundary_gradient: BoundaryGradient, x0: np.ndar
     origin = x0.reshape(batch, -1).astype(np.float64)
     point = start.reshape(batch, -1).astype(np.float32)
     best, best_distance = x0.copy(), np.full(batch, np.inf)
+    logits = scores(point.reshape(shape))
     for _ in range(steps):
         images = point.reshape(shape)
-        logits = scores(images)
         gap = logits[rows, target] - logits[rows, y]  # > 0 once the target wins
         normal = boundary_gradient(images, y, target).reshape(batch, -1).astype(np.float64)
         offset = np.sum(normal * point, axis=1) - gap  # the linearised boundary: normal . z = offset
@@ -118,11 +118,15 @@ def _single_run(scores: Scores, boundary_gradient: BoundaryGradient, x0: np.ndar
         point = np.clip((1 - alpha) * (point + eta * from_point) + alpha * (origin + eta * from_origin),
                         0.0, 1.0).astype(np.float32)
 
-        fooled = np.argmax(scores(point.reshape(shape)), axis=1) != y
+        logits = scores(point.reshape(shape))
+        fooled = np.argmax(logits, axis=1) != y
         distance = _norm(point - origin, norm)
         closer = fooled & (distance < best_distance)
         best[closer], best_distance[closer] = point[closer].reshape(-1, *shape[1:]), distance[closer]
         point[fooled] = (origin[fooled] + beta * (point[fooled] - origin[fooled])).astype(np.float32)
+        # The next step linearises at this point: its scores are the check's, except where the step back moved it.
+        if np.any(fooled):
+            logits[fooled] = scores(point[fooled].reshape(-1, *shape[1:]))
     return best, best_distance
 
 
