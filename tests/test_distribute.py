@@ -145,3 +145,90 @@ def test_multi_worker_under_tensorflow_is_refused_in_one_line(tmp_path, monkeypa
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "tensorflow/tensorflow#72388" in error and "--strategy mirrored" in error
     assert not list(tmp_path.rglob("*")), "a refused run left files"
+
+
+def test_processes_each_take_their_share_of_the_batch_one_process_would_take():
+    import numpy as np
+
+    from capsrobust.training.augment import ShiftedBatches, share_of_batches
+
+    images = np.random.default_rng(0).uniform(size=(300, 28, 28, 1)).astype("float32")
+    labels = np.arange(300) % 10
+
+    def batches(share):
+        return ShiftedBatches(images, labels, 10, 64, 2, seed=3, multiple_of=2, eps_at=lambda e, b: 0.1 * (b + 1),
+                              share=share)
+    whole, first, second = batches((0, 1)), batches((0, 2)), batches((1, 2))
+    assert len(whole) == len(first) == len(second) == 5
+    for index in range(len(whole)):
+        (inputs, target), parts = whole[index], (first[index], second[index])
+        for key in ("image", "label", "eps", "start"):
+            np.testing.assert_array_equal(np.concatenate([part[0][key] for part in parts]), inputs[key])
+        np.testing.assert_array_equal(np.concatenate([part[1] for part in parts]), target)
+    with pytest.raises(ValueError, match="split evenly"):
+        ShiftedBatches(images, labels, 10, 64, 2, seed=3, multiple_of=1, share=(0, 2))
+
+    rows = np.arange(10)  # batches of 4: [0-3], [4-7], [8, 9]
+    assert share_of_batches(rows, 4, 0, 2).tolist() == [0, 1, 4, 5, 8]
+    assert share_of_batches(rows, 4, 1, 2).tolist() == [2, 3, 6, 7, 9]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_under_jax(tmp_path):
+    """`--strategy multi-worker` with two JAX processes on this machine, joined over localhost, against one process
+    with `--strategy none` on the same data and seed: the same losses and validation metrics each epoch, and only
+    process 0 publishes."""
+    from capsrobust.backend import backend_environment, is_installed
+
+    if not is_installed("jax"):
+        pytest.skip("the jax backend is not installed")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    train = [sys.executable, "-m", "capsrobust", "train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "2",
+             "--limit", "256", "--val-size", "128", "--batch-size", "64", "--quiet"]
+    cluster = {"KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{_free_port()}", "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+
+    def start(home, strategy, **extra):
+        environment = backend_environment("jax", PYTHONPATH=root, CAPSROBUST_HOME=str(tmp_path / home), **extra)
+        return subprocess.Popen([*train, "--strategy", strategy], cwd=root, env=environment, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    runs = {home: start(home, "multi-worker", **cluster, KERAS_DISTRIBUTION_PROCESS_ID=str(index))
+            for index, home in enumerate(["process-0", "process-1"])}
+    runs["one"] = start("one", "none")
+    for home, run in runs.items():
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, f"{home} failed:\n{stderr[-3000:]}"
+
+    logs = {home: (tmp_path / home / "runs").glob("*/log.csv") for home in runs}
+    rows = {home: [line.split(",") for line in next(iter(found)).read_text().splitlines()[1:]]
+            for home, found in logs.items()}
+    for home in ("process-0", "process-1"):
+        assert len(rows[home]) == len(rows["one"]) == 2
+        for theirs, ours in zip(rows["one"], rows[home]):  # epoch, accuracy, loss, val_accuracy, val_loss
+            assert [float(v) for v in ours] == pytest.approx([float(v) for v in theirs], rel=1e-5)
+    published = {home: list((tmp_path / home / "models").glob("*/card.json")) for home in runs}
+    assert len(published["process-0"]) == len(published["one"]) == 1 and not published["process-1"]
+    card = json.loads(published["process-0"][0].read_text())
+    assert card["training"]["replicas"] == 2
+    assert card["metrics"]["test_accuracy"] == pytest.approx(
+        json.loads(published["one"][0].read_text())["metrics"]["test_accuracy"], abs=1e-3)
+
+
+def test_adversarial_training_over_processes_is_refused(run_under_backend):
+    script = """
+    from capsrobust.errors import ConfigError
+    from capsrobust.training import TrainSettings
+
+    try:
+        TrainSettings(adversarial="pgd", strategy="multi-worker")
+    except ConfigError as error:
+        print(error)
+    """
+    assert "--adversarial does not run with --strategy multi-worker" in run_under_backend("jax", script)

@@ -128,7 +128,7 @@ def run(args) -> int:
 def train_new(store: "ModelStore", dataset_name: str, model_name: str, settings: "TrainSettings", *,
               overrides: dict | None = None, subset: bool = False, limit: int | None = None,
               val_size: int | None = None, data_dir: str | None = None, command: str,
-              quiet: bool = False) -> "Entry":
+              quiet: bool = False) -> "Entry | None":
     """Trains a new `model_name` on `dataset_name` with `settings` (a `TrainSettings`) and publishes it in `store`.
 
     Args:
@@ -138,7 +138,7 @@ def train_new(store: "ModelStore", dataset_name: str, model_name: str, settings:
         quiet: no progress display.
 
     Returns:
-        The new store `Entry`.
+        The new store `Entry` (None in the processes other than 0 of a multi-worker run).
     """
     from capsrobust.data import load_dataset
     from capsrobust.models import create_model, model_config
@@ -266,7 +266,7 @@ def _find_run(store, dataset_name: str, run: str, model_name: str | None):
     return runs[0]
 
 
-def _train_and_publish(store, run_dir, spec, dataset, settings, quiet: bool):
+def _train_and_publish(store, run_dir, spec, dataset, settings, quiet: bool) -> "Entry | None":
     from rich.table import Table
 
     from capsrobust.cards import build_card
@@ -276,6 +276,7 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, quiet: bool):
     from capsrobust.models.predict import accuracy
     from capsrobust.training import fit
     from capsrobust.training.adversarial import COLLAPSE, GUARD_STEPS, pgd_accuracy
+    from capsrobust.training.distribute import process_share
 
     err_console.print(f"training {spec['model']} on {dataset.name} ({len(dataset.x_train)} train / "
                       f"{len(dataset.x_val)} val / {len(dataset.x_test)} test images, source {dataset.source}); "
@@ -288,6 +289,11 @@ def _train_and_publish(store, run_dir, spec, dataset, settings, quiet: bool):
 
         raise CapsrobustError(f"interrupted; completed epochs are checkpointed in {run_dir}; continue with "
                               f"`capsrobust train {dataset.name} --resume {run_dir.name}`") from None
+    index, count = process_share()
+    if index:  # a multi-worker run: every process holds the same weights, and process 0 publishes them
+        err_console.print(f"process {index} of {count}: trained; process 0 publishes the model (this process's "
+                          f"checkpoints: {run_dir})", highlight=False)
+        return None
     test_accuracy = accuracy(result.model, dataset.x_test, dataset.y_test)
     state = result.state
     threat = settings.threat_model()

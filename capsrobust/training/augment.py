@@ -66,6 +66,10 @@ class ShiftedBatches(keras.utils.PyDataset):
     every batch evenly over the devices), every batch holds a multiple of that many images: the last batch drops its
     remainder, which falls on different images each epoch.
 
+    With `share=(index, count)` (`capsrobust.training.distribute.process_share`: a multi-worker run's processes), each
+    item is the `index`-th of `count` equal slices of the batch a single process would get: the global batch is drawn
+    and augmented the same way in every process, so a run over processes sees the batches of a run in one.
+
     With `eps_at` (adversarial training: `(epoch, batch) -> eps`), the inputs also hold `"eps"`, `(batch_size,)`, the
     batch's budget, and `"start"`, the random start: uniform noise in [-1, 1] shaped like the images, drawn from
     `(seed, epoch, batch)` apart from the augmentation's draws (`capsrobust.training.adversarial`).
@@ -73,10 +77,14 @@ class ShiftedBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, max_shift: int,
                  seed: int, crop: int | None = None, multiple_of: int = 1,
-                 eps_at: Callable[[int, int], float] | None = None):
+                 eps_at: Callable[[int, int], float] | None = None, share: tuple[int, int] = (0, 1)):
         super().__init__()
+        if multiple_of % share[1]:
+            raise ValueError(f"every batch must split evenly over the processes: multiple_of={multiple_of} is not a "
+                             f"multiple of {share[1]} processes")
         self.images = images
         self.multiple_of = multiple_of
+        self.share = share
         self.num_used = len(images) - (len(images) % batch_size) % multiple_of
         self.one_hot = np.eye(num_classes, dtype="float32")[labels]
         self.batch_size = batch_size
@@ -115,4 +123,20 @@ class ShiftedBatches(keras.utils.PyDataset):
             start = np.random.default_rng([self.seed, self.epoch, index, 1]).uniform(-1.0, 1.0, images.shape)
             inputs["eps"] = np.full(len(rows), self.eps_at(self.epoch, index), dtype="float32")
             inputs["start"] = start.astype("float32")
+        if self.share[1] > 1:
+            inputs = {key: _share(value, *self.share) for key, value in inputs.items()}
+            labels = inputs["label"]
         return inputs, labels
+
+
+def _share(batch: np.ndarray, index: int, count: int) -> np.ndarray:
+    """The `index`-th of `count` equal consecutive slices of `batch`'s rows."""
+    size = len(batch) // count
+    return batch[index * size:(index + 1) * size]
+
+
+def share_of_batches(array: np.ndarray, batch_size: int, index: int, count: int) -> np.ndarray:
+    """This process's share of `array` cut into batches of `batch_size` rows (the last may be shorter; each must
+    split evenly over `count`): the `index`-th slice of every batch, in order."""
+    return np.concatenate([_share(array[start:start + batch_size], index, count)
+                           for start in range(0, len(array), batch_size)])

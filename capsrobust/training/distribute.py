@@ -5,10 +5,12 @@ Strategies (`capsrobust train --strategy`, `--devices N`):
 - `none`: one device, whatever the backend picks.
 - `mirrored`: synchronous data parallelism over the first N local devices (GPUs, else the CPU split into N logical
   devices): TensorFlow's `MirroredStrategy`, JAX's `keras.distribution.DataParallel`.
-- `multi-worker`: meant for the same across machines. Under JAX, `DataParallel` over every process's devices after
-  `jax.distributed.initialize()`; not yet usable: every process still feeds the whole batch where Keras expects its
-  share, and writes its own checkpoints. Refused under TensorFlow: Keras 3's train step fails under
-  `MultiWorkerMirroredStrategy` (see `resolve_strategy`).
+- `multi-worker`: the same across processes, on one machine or several. Under JAX: `keras.distribution.initialize()`
+  joins the processes (the coordinator's address, the process count and this process's id come from
+  `KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`, or from a
+  cluster manager JAX knows), then `DataParallel` over every process's devices; each process feeds its share of each
+  global batch (`process_share`), on a CPU through gloo collectives. Refused under TensorFlow: Keras 3's train step
+  fails under `MultiWorkerMirroredStrategy` (see `resolve_strategy`).
 - `auto` (default): `mirrored` when `--devices` is above 1, else `none`.
 
 The batch size is global: each step's batch is split across the replicas and their gradients are summed, so a run on
@@ -58,6 +60,9 @@ def prepare_devices(strategy: str, devices: int | None) -> None:
     TensorFlow fixes its logical devices when it first lists them, and XLA (JAX) reads its host device count from
     `XLA_FLAGS` when it starts, so this must run before either does (the CLI calls it before anything else).
     """
+    if strategy == "multi-worker" and keras.backend.backend() == "jax":
+        _join_processes()  # before JAX computes anything
+        return
     if strategy != "mirrored" or not devices or devices < 2:
         return
     backend = keras.backend.backend()
@@ -113,6 +118,37 @@ def scope(strategy: str, devices: int | None) -> Iterator[int]:
         raise ConfigError(f"--strategy {strategy} needs the tensorflow or jax backend, not {backend}")
 
 
+def process_share() -> tuple[int, int]:
+    """`(this process's index, the number of processes)` of a JAX multi-worker run, else `(0, 1)`: each process feeds
+    the `index`-th of `count` equal slices of every global batch, and only process 0 publishes."""
+    if keras.backend.backend() != "jax":
+        return 0, 1
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+_joined = False
+
+
+def _join_processes() -> None:
+    """`keras.distribution.initialize()` once per process, with gloo for collectives between CPU processes."""
+    global _joined
+    if _joined:
+        return
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # JAX's CPU default cannot cross processes
+    try:
+        keras.distribution.initialize()
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"--strategy multi-worker: the processes could not join ({error}); set "
+                          "KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and "
+                          "KERAS_DISTRIBUTION_PROCESS_ID in every process, or run under a cluster manager JAX knows") \
+            from None
+    _joined = True
+
+
 def batch_multiple(replicas: int) -> int:
     """What every batch's size must be a multiple of: JAX's `DataParallel` shards each batch evenly over the
     replicas (and raises on a batch of 77 over 2); tf.distribute splits an uneven batch itself."""
@@ -140,16 +176,14 @@ def _jax_scope(strategy: str, devices: int | None) -> Iterator[int]:
     import jax
 
     if strategy == "multi-worker":
-        try:  # the coordinator address, process count and id come from the cluster's environment
-            jax.distributed.initialize()
-        except (ValueError, RuntimeError) as error:
-            raise ConfigError(f"--strategy multi-worker: jax.distributed.initialize() found no cluster ({error})") \
-                from None
+        _join_processes()
         chosen = jax.devices()
     else:
         chosen = _chosen(jax.local_devices(), devices)
     previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=chosen))
+    # Each process already feeds only its share (`process_share`): Keras must not shard the data again.
+    keras.distribution.set_distribution(keras.distribution.DataParallel(
+        devices=chosen, auto_shard_dataset=strategy != "multi-worker"))
     try:
         yield len(chosen)
     finally:

@@ -13,12 +13,12 @@ from capsrobust.data import Dataset
 from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
 from capsrobust.training.adversarial import GUARD_IMAGES, AdversarialObjective, ThreatModel, check_pixel_range
-from capsrobust.training.augment import ShiftedBatches
+from capsrobust.training.augment import ShiftedBatches, share_of_batches
 from capsrobust.training.callbacks import (ROBUST_ACCURACY, EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard,
                                            RichProgress, RobustnessGuard)
 from capsrobust.training.checkpoint import (RunState, best_weights, load_state, remove_temporaries, restore_checkpoint,
                                            save_state)
-from capsrobust.training.distribute import batch_multiple, resolve_strategy, scope
+from capsrobust.training.distribute import batch_multiple, process_share, resolve_strategy, scope
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,11 @@ class TrainSettings:
 
     def __post_init__(self):
         resolve_strategy(self.strategy, self.devices)
-        self.threat_model()  # a bad combination fails here, in one line
+        if self.threat_model() is not None and self.strategy == "multi-worker":  # a bad combination fails here
+            # The robustness guard attacks a validation batch between epochs outside the compiled step, and Keras
+            # cannot return predictions that span processes.
+            raise ConfigError("--adversarial does not run with --strategy multi-worker yet; use --strategy mirrored "
+                              "on one machine")
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("learning_rate", 0 < self.learning_rate < 1), ("lr_decay", 0 < self.lr_decay <= 1),
                   ("max_shift", 0 <= self.max_shift <= 8), ("seed", self.seed >= 0),
@@ -159,7 +163,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         model = create_model(model_name, **model_config)
         batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
                                  settings.max_shift, settings.seed, crop=dataset.train_crop,
-                                 multiple_of=batch_multiple(replicas))
+                                 multiple_of=batch_multiple(replicas), share=process_share())
         if threat is not None:
             # The attack is made in the compiled train step (`CapsrobustModel.compute_loss`), at the eps each
             # batch carries.
@@ -179,6 +183,11 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
         save_state(run_dir, state)
         model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
+    if process_share()[1] > 1:
+        # Its weights span every process's devices, and what it predicts would too (Keras cannot fetch that): the
+        # same weights in a model of this process alone, for the test-set evaluation and the store.
+        model = create_model(model_name, **model_config)
+        model.load_weights(best_weights(run_dir, state))
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
     return TrainResult(model, state, run_dir, images_per_second, replicas)
 
@@ -219,6 +228,10 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console, thre
         # The validation batches must split evenly over the replicas too (see ShiftedBatches.multiple_of).
         kept = len(dataset.x_val) - (len(dataset.x_val) % settings.batch_size) % batches.multiple_of
         val_images, val_labels = dataset.x_val[:kept], _one_hot(dataset.y_val[:kept], dataset.num_classes)
+        index, count = batches.share
+        if count > 1:  # this process's share of every validation batch, as for training (ShiftedBatches.share)
+            val_images, val_labels = (share_of_batches(array, settings.batch_size, index, count)
+                                      for array in (val_images, val_labels))
         validation = ({"image": val_images, "label": val_labels}, val_labels)
     # One `fit` call per epoch: the batch stream learns its epoch before Keras creates (and starts prefetching
     # from) that epoch's iterator, so epoch e's batches never depend on when a callback happened to run.
@@ -227,7 +240,7 @@ def _run_epochs(model, dataset, settings, run_dir, state, batches, console, thre
             batches.epoch = epoch
             # shuffle=False: the batches already come in an order drawn from (seed, epoch); Keras would shuffle
             # them again with Python's global `random`, whose state a resumed process does not have.
-            model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size,
+            model.fit(batches, validation_data=validation, validation_batch_size=settings.batch_size // batches.share[1],
                       epochs=epoch + 1, initial_epoch=epoch, callbacks=callbacks, verbose=0, shuffle=False)
             relay.on_epoch_end(epoch)  # an interrupt swallowed after the last callback of the epoch
             if model.stop_training or guard.tripped_at is not None:
