@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from attacks.iterative import Gradient, project, random_start, steepest_step
+from attacks.iterative import project, random_start, steepest_step
 
 RHO = 0.75  # share of improving steps below which the step halves
 MOMENTUM = 0.75
@@ -39,19 +39,22 @@ def checkpoints(steps: int) -> list[int]:
     return marks
 
 
-Evaluate = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# `(images, labels) -> ((b,) loss values, (b,) booleans: the real model is fooled, (b, h, w, c) gradient of the
+# loss)`, all from one forward-backward pass (`capsrobust.art_bridge.scores_and_gradient`).
+Probe = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def apgd(gradient: Gradient, evaluate: Evaluate, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str, steps: int,
+def apgd(probe: Probe, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str, steps: int,
          rng: np.random.Generator, batch_size: int = 128) -> np.ndarray:
-    """Auto-PGD on `loss`, batch by batch.
+    """Auto-PGD on a loss, batch by batch.
+
+    Each iterate is probed once, for its loss, whether it fools the model and the gradient of the next step, as in
+    the reference; the best point keeps its gradient, so a return to it at a checkpoint needs no new pass.
 
     Args:
-        gradient: `(images, labels) -> (b, h, w, c)`, the gradient of the per-example loss to raise.
-        evaluate: `(images, labels) -> ((b,) loss values, (b,) booleans: the real model is fooled)`, from one
-            forward pass.
+        probe: the loss, success and gradient at a batch of images (`Probe`).
         x: clean images `(n, h, w, c)` float32 in [0, 1].
-        y: labels `(n, width)` as `gradient` and `loss` take them.
+        y: labels `(n, width)` as `probe` takes them.
         eps: radius of the ball; norm: `"inf"` or `"2"`.
         steps: iterations (100 in AutoAttack).
         rng: draws the random start.
@@ -64,16 +67,16 @@ def apgd(gradient: Gradient, evaluate: Evaluate, x: np.ndarray, y: np.ndarray, *
     result = np.empty_like(x, dtype=np.float32)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
-        result[rows] = _apgd_batch(gradient, evaluate, x[rows], y[rows], start[rows], eps, norm, steps)
+        result[rows] = _apgd_batch(probe, x[rows], y[rows], start[rows], eps, norm, steps)
     return result
 
 
-def _apgd_batch(gradient, evaluate, x, y, start, eps, norm, steps) -> np.ndarray:
+def _apgd_batch(probe, x, y, start, eps, norm, steps) -> np.ndarray:
     n = len(x)
     per_image = (-1,) + (1,) * (x.ndim - 1)
     current, previous = start.copy(), start.copy()
-    values, fooled = evaluate(start, y)
-    best, best_loss = start.copy(), np.array(values, dtype=np.float32)
+    values, fooled, gradient = probe(start, y)
+    best, best_loss, best_gradient = start.copy(), np.array(values, dtype=np.float32), gradient.copy()
     result = start.copy()
     eta = np.full(n, 2 * eps, dtype=np.float32)
     improved = np.zeros(n, dtype=int)  # steps since the last checkpoint that raised the loss
@@ -85,13 +88,13 @@ def _apgd_batch(gradient, evaluate, x, y, start, eps, norm, steps) -> np.ndarray
         if not len(active):
             break
         xa, ya = x[active], y[active]
-        z = project(current[active] + eta[active].reshape(per_image) * steepest_step(gradient(current[active], ya),
-                                                                                      norm), xa, eps, norm)
+        z = project(current[active] + eta[active].reshape(per_image) * steepest_step(gradient[active], norm), xa,
+                    eps, norm)
         alpha = 1.0 if k == 1 else MOMENTUM
         moved = project(current[active] + alpha * (z - current[active])
                         + (1 - alpha) * (current[active] - previous[active]), xa, eps, norm)
         previous[active], current[active] = current[active], moved
-        values, won = evaluate(moved, ya)
+        values, won, gradient[active] = probe(moved, ya)
         values = np.asarray(values, dtype=np.float32)
         fooled[active[won]] = True
         result[active[won]] = moved[won]
@@ -99,11 +102,12 @@ def _apgd_batch(gradient, evaluate, x, y, start, eps, norm, steps) -> np.ndarray
         last_loss[active] = values
         better = values > best_loss[active]
         best[active[better]], best_loss[active[better]] = moved[better], values[better]
+        best_gradient[active[better]] = gradient[active[better]]
         if k in marks:
             # Croce & Hein's two conditions: too few improving steps, or no halving and no progress last time.
             stalled = (improved < RHO * (k - last_mark)) | (~halved_at_check & (loss_at_check >= best_loss))
             eta[stalled] /= 2
-            current[stalled] = best[stalled]
+            current[stalled], gradient[stalled] = best[stalled], best_gradient[stalled]
             halved_at_check, loss_at_check = stalled, best_loss.copy()
             improved[:] = 0
             last_mark = k

@@ -33,7 +33,7 @@ from attacks.base import Attack, AttackParams, params_record, validate_inputs
 from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
 from attacks.square import square_linf
-from capsrobust.art_bridge import input_gradient, with_loss
+from capsrobust.art_bridge import input_gradient, scores_and_gradient
 from capsrobust.art_bridge.batched import batch_slices
 from capsrobust.errors import ConfigError
 from capsrobust.io import atomic_path
@@ -162,30 +162,31 @@ def _targets(classifier, images: np.ndarray, rank: int) -> np.ndarray:
 
 
 def _apgd_ce(classifier, params: AttackParams) -> Member:
-    bridge = with_loss(classifier, "ce")
+    model = classifier.source_model
+    both = scores_and_gradient(model, softmax_cross_entropy, model.num_classes, params.batch_size)
 
-    def evaluate(images, labels):
-        scores = classifier.predict(images)
-        return softmax_cross_entropy(labels, scores), scores.argmax(axis=1) != labels.argmax(axis=1)
+    def probe(images, labels):
+        scores, gradient = both(images, labels)
+        return softmax_cross_entropy(labels, scores), scores.argmax(axis=1) != labels.argmax(axis=1), gradient
 
     def run(images, labels, rng):
-        return apgd(bridge.loss_gradient, evaluate, images, labels, eps=params.eps, norm=params.norm,
-                    steps=params.steps, rng=rng, batch_size=params.batch_size)
+        return apgd(probe, images, labels, eps=params.eps, norm=params.norm, steps=params.steps, rng=rng,
+                    batch_size=params.batch_size)
     return "apgd-ce", f"{params.steps} iterations, 1 restart", run
 
 
 def _apgd_t(classifier, params: AttackParams) -> Member:
     model = classifier.source_model
     num_classes = model.num_classes
-    # The objective's labels are [true one-hot, target one-hot] side by side: the loss needs both.
-    gradient = input_gradient(targeted_difference_of_logits_ratio_of(model), model.image_shape, 2 * num_classes)
+
+    def targeted_dlr(both, scores):  # the labels are [true one-hot, target one-hot] side by side
+        return targeted_difference_of_logits_ratio(both[:, :num_classes], both[:, num_classes:], scores)
+    scores_and_dlr_gradient = scores_and_gradient(model, targeted_dlr, 2 * num_classes, params.batch_size)
     fooled = misclassified_by(classifier, targeted=False)
 
-    def evaluate(images, both):
-        scores = classifier.predict(images)
-        true, target = both[:, :num_classes], both[:, num_classes:]
-        return (targeted_difference_of_logits_ratio(true, target, scores),
-                scores.argmax(axis=1) != true.argmax(axis=1))
+    def probe(images, both):
+        scores, gradient = scores_and_dlr_gradient(images, both)
+        return targeted_dlr(both, scores), scores.argmax(axis=1) != both[:, :num_classes].argmax(axis=1), gradient
 
     def run(images, labels, rng):
         adversarial = images.copy()
@@ -197,23 +198,13 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
                 break
             target = np.eye(num_classes, dtype=np.float32)[_targets(classifier, images[rows], rank)]
             both = np.concatenate([labels[rows], target], axis=1)
-            found = apgd(gradient, evaluate, images[rows], both, eps=params.eps, norm=params.norm, steps=params.steps,
+            found = apgd(probe, images[rows], both, eps=params.eps, norm=params.norm, steps=params.steps,
                          rng=np.random.default_rng(seeds[rank - 2]), batch_size=params.batch_size)
             won = fooled(found, labels[rows])
             adversarial[rows] = found
             left[rows[won]] = False
         return adversarial
     return "apgd-t", f"{params.steps} iterations for each of {TARGETS} targets", run
-
-
-def targeted_difference_of_logits_ratio_of(model):
-    """The targeted DLR of `model`'s scores as an objective `(images, [true | target] one-hot) -> (batch,)`."""
-    num_classes = model.num_classes
-
-    def objective(images, labels):
-        scores = model(images, training=False)[SCORES]
-        return targeted_difference_of_logits_ratio(labels[:, :num_classes], labels[:, num_classes:], scores)
-    return objective
 
 
 def score_gap_of(model):

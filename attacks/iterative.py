@@ -22,10 +22,13 @@ from typing import Callable
 import numpy as np
 
 from attacks.base import Attack, AttackParams, validate_inputs
-from capsrobust.art_bridge import AUTO_LOSSES, with_loss
+from capsrobust.art_bridge import AUTO_LOSSES, scores_and_gradient, with_loss
 
 Gradient = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Success = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# `(images, labels) -> (gradient (b, h, w, c), success (b,))` from one forward-backward pass: a `Gradient` and a
+# `Success` at once, where the success test reads only the scores.
+Probe = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def l2_norms(array: np.ndarray) -> np.ndarray:
@@ -62,9 +65,9 @@ def steepest_step(gradient: np.ndarray, norm: str) -> np.ndarray:
     return gradient / np.maximum(l2_norms(gradient), 1e-12)
 
 
-def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
+def projected_gradient_ascent(gradient: Gradient | None, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
                               step_size: float, steps: int, start: np.ndarray | None = None, batch_size: int = 128,
-                              done: Success | None = None) -> np.ndarray:
+                              done: Success | None = None, probe: Probe | None = None) -> np.ndarray:
     """`x' <- project(x' + step_size * steepest_step(gradient(x', y)))`, `steps` times, per image until `done`.
 
     Args:
@@ -79,6 +82,8 @@ def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, 
         batch_size: images per gradient call.
         done: `(adversarial images, labels) -> (batch,)` booleans, or None. An image it marks stops moving, so
             the first iterate that succeeded is the one returned.
+        probe: instead of `gradient` and `done` when `steps > 1`, both from one pass at each iterate (`Probe`): the
+            pass that tests an iterate also gives the gradient of the next step (the last one's goes unused).
 
     Returns:
         Adversarial images `(num_images, height, width, channels)` float32, within eps of `x` and in [0, 1].
@@ -87,6 +92,9 @@ def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, 
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
         x_batch, y_batch, adv = x[rows], y[rows], adversarial[rows]
+        if probe is not None and steps > 1:  # for one step, a gradient and two predictions cost less than two probes
+            adversarial[rows] = _probed_ascent(probe, x_batch, y_batch, adv, eps, norm, step_size, steps)
+            continue
         active = np.ones(len(adv), dtype=bool) if done is None else ~done(adv, y_batch)
         for _ in range(steps):
             if not active.any():
@@ -97,6 +105,18 @@ def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, 
                 active[active] = ~done(adv[active], y_batch[active])
         adversarial[rows] = adv
     return adversarial
+
+
+def _probed_ascent(probe: Probe, x, y, adv, eps, norm, step_size, steps) -> np.ndarray:
+    gradient, finished = probe(adv, y)
+    active = ~finished
+    for _ in range(steps):
+        if not active.any():
+            break
+        adv[active] = project(adv[active] + step_size * steepest_step(gradient[active], norm), x[active], eps, norm)
+        gradient[active], finished = probe(adv[active], y[active])
+        active[active] = ~finished
+    return adv
 
 
 def loss_chain(loss_name: str) -> tuple[str, ...]:
@@ -116,6 +136,7 @@ class ObjectiveAttack(Attack):
             the real model misclassifies it, or predicts the target). Images stop at their first success.
         stop_early: stop an image at its first success (True), or run every step and judge success at the end (for
             objectives whose later steps still improve a successful image).
+        probe_for: `loss name -> Probe` giving `gradient_for(loss)`'s gradient and `success` in one pass, or None.
 
     Attributes:
         last_run: after `generate`, `{"members": {loss: {"ran", "fooled"}}, "restarts": [fooled per restart],
@@ -123,11 +144,13 @@ class ObjectiveAttack(Attack):
     """
 
     def __init__(self, classifier, params: AttackParams, gradient_for: Callable[[str], Gradient],
-                 success: Success | None = None, stop_early: bool = True):
+                 success: Success | None = None, stop_early: bool = True,
+                 probe_for: Callable[[str], Probe] | None = None):
         super().__init__(classifier, params)
         self.losses = loss_chain(classifier.loss_name)
         self.loss_description = "+".join(self.losses)
         self._gradient_for = gradient_for
+        self._probe_for = probe_for if stop_early else None
         self._success = success or misclassified_by(classifier, params.targeted)
         self._stop_early = stop_early
 
@@ -149,6 +172,7 @@ class ObjectiveAttack(Attack):
         restarts = [0] * p.restarts
         for loss in self.losses:
             gradient = self._gradient_for(loss)
+            probe = self._probe_for(loss) if self._probe_for else None
             for restart in range(p.restarts):
                 rows = np.flatnonzero(left)
                 if not len(rows):
@@ -158,7 +182,7 @@ class ObjectiveAttack(Attack):
                 moved = projected_gradient_ascent(
                     gradient, images[rows], one_hot[rows], eps=p.eps, norm=p.norm, step_size=p.step_size,
                     steps=p.steps, start=start, batch_size=p.batch_size,
-                    done=self._success if self._stop_early else None)
+                    done=self._success if self._stop_early else None, probe=probe)
                 won = self._success(moved, one_hot[rows])
                 adversarial[rows] = moved
                 left[rows[won]] = False
@@ -192,4 +216,15 @@ def gradient_attack(classifier, params: AttackParams) -> ObjectiveAttack:
         bridge = with_loss(classifier, loss)
         return lambda images, labels: sign * bridge.loss_gradient(images, labels)
 
-    return ObjectiveAttack(classifier, params, gradient_for)
+    def probe_for(loss: str) -> Probe:
+        model = classifier.source_model
+        both = scores_and_gradient(model, with_loss(classifier, loss).per_example_loss, model.num_classes,
+                                   params.batch_size)
+
+        def probe(images, labels):
+            scores, gradient = both(images, labels)
+            predicted, wanted = scores.argmax(axis=1), labels.argmax(axis=1)
+            return sign * gradient, predicted == wanted if params.targeted else predicted != wanted
+        return probe
+
+    return ObjectiveAttack(classifier, params, gradient_for, probe_for=probe_for)

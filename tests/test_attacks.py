@@ -226,6 +226,21 @@ def test_the_loop_takes_arts_pgd_steps(classifiers, clean, norm, eps, random_sta
     assert np.abs(ours - images).max() > 0.5 * (eps if norm == "inf" else step)  # it moved
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_pass_per_step_takes_the_steps_of_a_gradient_and_a_prediction(classifiers, clean, family):
+    """PGD through `scores_and_gradient` (one forward-backward pass per step that also says which images are fooled)
+    against the same attack on the bridge's loss gradient and a separate prediction per step: the same images."""
+    images, labels = clean[family][0][:32], clean[family][1][:32]
+    attack = create_attack("pgd", classifiers[family], eps=0.1, steps=20, seed=5)
+    one_pass = attack.generate(images, labels)
+    attack._probe_for = None  # the per-step path: a gradient call, then a prediction
+    per_step = attack.generate(images, labels)
+
+    assert 0 < attack.last_run["survived"] < len(images), "eps chosen so that some images fall and some do not"
+    same = np.isclose(one_pass, per_step, atol=1e-6)
+    assert same.mean() >= 0.999, f"{1 - same.mean():.4%} of pixels differ"  # float rounding flips a rare sign
+
+
 def test_an_image_keeps_its_first_successful_iterate():
     """The objective pushes every pixel up for 3 steps and back down after; success is a mean above 0.6. The last
     iterate is benign, an earlier one adversarial: the loop must return that one."""

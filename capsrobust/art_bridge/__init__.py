@@ -37,7 +37,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from capsrobust.art_bridge.batched import BatchedBridge
+from capsrobust.art_bridge.batched import BatchedBridge, batch_slices
 from capsrobust.errors import ConfigError
 from capsrobust.losses import difference_of_logits_ratio, softmax_cross_entropy
 
@@ -130,3 +130,44 @@ def input_gradient(objective: Callable, image_shape,
     else:
         from capsrobust.art_bridge.jax_classifier import input_gradient as gradient_of
     return gradient_of(objective, tuple(image_shape), num_classes)
+
+
+def scores_and_gradient(model, loss: Callable, label_width: int,
+                        batch_size: int = 128) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A compiled `(images, labels) -> (scores, d sum(loss(labels, scores)) / d images)`, batch by batch.
+
+    One forward-backward pass gives an iterative attack both its next step's gradient and the scores that say whether
+    the point it reached already fools the model (and how high its loss is), where a gradient call and a prediction
+    would run the forward pass twice.
+
+    Args:
+        model: a `CapsrobustModel`, run in inference mode.
+        loss: `(labels, scores) -> (batch_size,)` on `keras.ops` tensors, the per-example value the attack climbs.
+        label_width: the labels' width (`num_classes`, or twice that for a true and a target class side by side).
+        batch_size: images per pass.
+
+    Returns:
+        A function of numpy `(n, *image_shape)` float32 images and `(n, label_width)` labels that returns the scores
+        `(n, num_classes)` and the gradient `(n, *image_shape)`, float32 numpy arrays; row `i` of the gradient is that
+        of example `i`'s own loss.
+
+    Raises:
+        ConfigError: a Keras backend the bridge does not know.
+    """
+    backend = _backend()
+    if backend == "tensorflow":
+        from capsrobust.art_bridge.tf_classifier import scores_and_gradient as both_of
+    elif backend == "torch":
+        from capsrobust.art_bridge.torch_classifier import scores_and_gradient as both_of
+    else:
+        from capsrobust.art_bridge.jax_classifier import scores_and_gradient as both_of
+    both = both_of(model, loss, label_width)
+
+    def run(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(images):
+            return np.zeros((0, model.num_classes), np.float32), np.zeros_like(images, dtype=np.float32)
+        chunks = [both(images[rows], labels[rows]) for rows in batch_slices(len(images), batch_size)]
+        return (np.concatenate([scores for scores, _ in chunks]).astype(np.float32),
+                np.concatenate([gradient for _, gradient in chunks]).astype(np.float32))
+
+    return run

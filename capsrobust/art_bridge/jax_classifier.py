@@ -131,3 +131,26 @@ def input_gradient(objective: Callable, image_shape: tuple,
         return np.asarray(compiled(*padded))[:rows]
 
     return gradient
+
+
+def scores_and_gradient(model, loss: Callable, label_width: int) -> Callable:
+    """`capsrobust.art_bridge.scores_and_gradient` under JAX: `jax.value_and_grad` with the scores as its auxiliary
+    output, the weights as arguments (as in `JaxBridge`), batches padded to a power of two."""
+    del label_width  # the width comes from the arrays; kept for the same signature on every backend
+
+    def total(weights, images, labels):
+        trainable, non_trainable = weights
+        outputs, _ = model.stateless_call(trainable, non_trainable, images, training=False)
+        return jnp.sum(loss(labels, outputs[SCORES])), outputs[SCORES]
+
+    compiled = jax.jit(jax.value_and_grad(total, argnums=1, has_aux=True))
+
+    def run(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = len(images)
+        size = _padded_size(rows)
+        padded = (_pad(np.asarray(array, np.float32), size) for array in (images, labels))
+        weights = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables])
+        (_, scores), gradient = compiled(weights, *padded)
+        return np.asarray(scores)[:rows], np.asarray(gradient)[:rows]
+
+    return run

@@ -91,3 +91,22 @@ def input_gradient(objective: Callable, image_shape: tuple,
         return tape.gradient(total, images)
 
     return lambda images, labels: gradient(np.asarray(images, np.float32), np.asarray(labels, np.float32)).numpy()
+
+
+def scores_and_gradient(model, loss: Callable, label_width: int) -> Callable:
+    """`capsrobust.art_bridge.scores_and_gradient` under TensorFlow: one `tf.function` for every batch size."""
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.image_shape), tf.float32),
+                                  tf.TensorSpec((None, label_width), tf.float32)])
+    def both(images, labels):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            scores = model(images, training=False)[SCORES]
+            total = tf.reduce_sum(loss(labels, scores))
+        return scores, tape.gradient(total, images)
+
+    def run(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, gradient = both(np.asarray(images, np.float32), np.asarray(labels, np.float32))
+        return scores.numpy(), gradient.numpy()
+
+    return run

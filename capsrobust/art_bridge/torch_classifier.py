@@ -96,3 +96,17 @@ def input_gradient(objective: Callable, image_shape: tuple,
         return grad.detach().cpu().numpy()
 
     return gradient
+
+
+def scores_and_gradient(model, loss: Callable, label_width: int) -> Callable:
+    """`capsrobust.art_bridge.scores_and_gradient` under torch: one autograd pass on the device Keras computes on."""
+    del label_width
+
+    def run(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = ops.convert_to_tensor(np.asarray(images, np.float32)).requires_grad_(True)
+        labels = ops.convert_to_tensor(np.asarray(labels, np.float32))
+        scores = model(images, training=False)[SCORES]
+        (gradient,) = torch.autograd.grad(loss(labels, scores).sum(), images)
+        return scores.detach().cpu().numpy(), gradient.detach().cpu().numpy()
+
+    return run
