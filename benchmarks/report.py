@@ -60,6 +60,22 @@ def attack_table(entries: list[dict]) -> Table:
     return table
 
 
+def profile_table(entries: list[dict]) -> Table:
+    """Each stage's forward+backward time and its share of the whole training step measured in the same run."""
+    table = Table(title="training-step profile: each stage's forward and backward pass alone, batch 128")
+    for column in ("model", "stage", "median", "share of the whole step"):
+        table.add_column(column, justify="left" if column in ("model", "stage") else "right")
+    runs: dict = defaultdict(list)
+    for entry in entries:
+        runs[(entry["run"], entry["extra"].get("model", ""))].append(entry)
+    for (run, model), found in sorted(runs.items()):
+        whole = next((e["median_s"] for e in found if e["variant"] == "step"), None)
+        for entry in sorted(found, key=lambda e: e["extra"].get("order", 0)):
+            share = "—" if not whole else f"{entry['median_s'] / whole:.0%}"
+            table.add_row(model, entry["case"], _seconds(entry["median_s"]), share)
+    return table
+
+
 def training_table(entries: list[dict]) -> Table:
     table = Table(title="training throughput")
     for column in ("model", "batch", "images/s", "median per round", "data"):
@@ -134,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in stored["results"].values():
         by_suite[entry["suite"]].append(entry)
     tables = {"routing": kernel_table, "attack": attack_table, "training": training_table, "backend": backend_table,
-              "adversarial": adversarial_table}
+              "adversarial": adversarial_table, "profile": profile_table}
     for suite, build in tables.items():
         if by_suite.get(suite):
             console.print(build(by_suite[suite]))
