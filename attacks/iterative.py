@@ -65,7 +65,7 @@ def steepest_step(gradient: np.ndarray, norm: str) -> np.ndarray:
     return gradient / np.maximum(l2_norms(gradient), 1e-12)
 
 
-def projected_gradient_ascent(gradient: Gradient | None, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
+def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str,
                               step_size: float, steps: int, start: np.ndarray | None = None, batch_size: int = 128,
                               done: Success | None = None, probe: Probe | None = None) -> np.ndarray:
     """`x' <- project(x' + step_size * steepest_step(gradient(x', y)))`, `steps` times, per image until `done`.

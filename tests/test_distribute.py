@@ -221,8 +221,12 @@ def test_two_processes_train_like_one_under_jax(tmp_path):
         json.loads(published["one"][0].read_text())["metrics"]["test_accuracy"], abs=1e-3)
 
 
-def test_adversarial_training_over_processes_is_refused(run_under_backend):
-    script = """
+def test_multi_worker_refusals_under_jax(run_under_backend, tmp_path):
+    """Adversarial training over processes, and processes that cannot join (no coordinator given): one line each,
+    exit 2, nothing written."""
+    script = f"""
+    import os
+    from capsrobust.cli import main
     from capsrobust.errors import ConfigError
     from capsrobust.training import TrainSettings
 
@@ -230,5 +234,12 @@ def test_adversarial_training_over_processes_is_refused(run_under_backend):
         TrainSettings(adversarial="pgd", strategy="multi-worker")
     except ConfigError as error:
         print(error)
+    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID"):
+        os.environ.pop(name, None)
+    print("exit", main(["train", "mnist", "--subset", "--model", "cnn-small", "--epochs", "1", "--limit", "64",
+                        "--strategy", "multi-worker", "--quiet", "--store", {str(tmp_path)!r}]))
     """
-    assert "--adversarial does not run with --strategy multi-worker" in run_under_backend("jax", script)
+    out = run_under_backend("jax", script)
+    assert "--adversarial does not run with --strategy multi-worker" in out
+    assert "exit 2" in out
+    assert not list(tmp_path.rglob("*")), "a refused run left files"

@@ -36,9 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     silence_known_noise()  # before the backend starts: TensorFlow reads its log level when imported
     before_devices = getattr(args, "before_devices", None)  # (args) -> None, for commands that set devices up
-    start_backend_quietly(None if before_devices is None else lambda: before_devices(args))
-
     try:
+        start_backend_quietly(None if before_devices is None else lambda: before_devices(args))
         return args.run(args)
     except CapsrobustError as error:
         from capsrobust.console import err_console
