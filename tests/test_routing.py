@@ -132,3 +132,26 @@ def test_self_attention_layer_shapes_and_gradients():
     assert tuple(layer.kernel.shape) == (12, 4, 6, 5) and tuple(layer.priors.shape) == (4, 12)
     for grad in tape.gradient(loss, [layer.kernel, layer.priors, inputs]):
         assert np.all(np.isfinite(grad.numpy())) and np.any(grad.numpy() != 0)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 4])
+def test_written_out_gradient_equals_automatic_differentiation_through_poses_and_couplings(iterations):
+    """`dynamic_routing`'s own backward pass against automatic differentiation of the same forward pass, in float64,
+    for a loss that reads both outputs."""
+    from capsrobust.routing import _route
+
+    rng = np.random.default_rng(iterations)
+    votes = tf.constant(rng.normal(scale=0.5, size=(2, 6, 9, 4)))  # (b, J, I, D), parents first
+    pose_probe, coupling_probe = (tf.constant(rng.normal(size=shape)) for shape in ((6, 4), (9, 6)))
+
+    def loss(poses, couplings):
+        return tf.reduce_sum(poses * pose_probe) + tf.reduce_sum(couplings * coupling_probe)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(votes)
+        ours = loss(*dynamic_routing(votes, iterations, by_parent=True))
+        _, poses, couplings = _route(votes, votes, iterations)[-1]
+        automatic = loss(poses, tf.transpose(couplings, (0, 2, 1)))
+    np.testing.assert_allclose(ours.numpy(), automatic.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(tape.gradient(ours, votes).numpy(), tape.gradient(automatic, votes).numpy(),
+                               rtol=1e-9, atol=1e-12)
