@@ -60,9 +60,10 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     optim.add_argument("--strategy", default="auto",
                        help="data parallelism, auto|none|mirrored|multi-worker: mirrored uses the local GPUs, or the "
-                            "CPU split into --devices logical devices; multi-worker reads TF_CONFIG (or "
-                            "jax.distributed's environment); auto is mirrored when --devices > 1 (tf.distribute under "
-                            "TensorFlow, keras.distribution under JAX)")
+                            "CPU split into --devices logical devices; multi-worker (JAX only) joins the processes "
+                            "named by KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES and _PROCESS_ID; auto is "
+                            "mirrored when --devices > 1 (tf.distribute under TensorFlow, keras.distribution under "
+                            "JAX)")
     optim.add_argument("--devices", type=positive_int, help="devices for --strategy mirrored (default: all local)")
     optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation accuracy")
