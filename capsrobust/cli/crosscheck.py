@@ -35,13 +35,13 @@ def run(args) -> int:
     from capsrobust.console import console, err_console
     from capsrobust.crosscheck import crosscheck_sweep
     from capsrobust.io import write_json
-    from capsrobust.store import ModelStore
+    from capsrobust.store import ModelStore, model_name_of
     from capsrobust.sweep.records import read_record
 
     record = read_record(Path(args.sweep))
     checks = crosscheck_sweep(record, ModelStore(args.store), args.data_dir, args.models, args.eps, args.limit,
                               args.seed, say=lambda line: err_console.print(line, highlight=False))
-    names = {c.model_id: c.model for c in record.result.cells}
+    names = {c.model_id: model_name_of(c.model_id) for c in record.result.cells}  # cnn-small-at, as reports say
     table = Table(title=f"{args.sweep}: the sweep's attack vs torchattacks on the same images")
     for column in ("model", "attack", "eps", "images", "sweep", "torchattacks", "only sweep fooled",
                    "only torchattacks fooled", "McNemar p", "torchattacks fooled by", "time"):
