@@ -33,8 +33,7 @@ from attacks.base import Attack, AttackParams, params_record, validate_inputs
 from attacks.fab import fab_targeted
 from attacks.iterative import misclassified_by
 from attacks.square import square_linf
-from capsrobust.art_bridge import input_gradient, scores_and_gradient
-from capsrobust.art_bridge.batched import batch_slices
+from capsrobust.art_bridge import scores_and_gradient
 from capsrobust.errors import ConfigError
 from capsrobust.io import atomic_path
 from capsrobust.losses import softmax_cross_entropy, targeted_difference_of_logits_ratio
@@ -207,26 +206,17 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
     return "apgd-t", f"{params.steps} iterations for each of {TARGETS} targets", run
 
 
-def score_gap_of(model):
-    """`f_t - f_y` of `model`'s scores as an objective `(images, [true | target] one-hot) -> (batch,)`: the function
-    whose zero set FAB linearises."""
-    num_classes = model.num_classes
-
-    def objective(images, labels):
-        scores = model(images, training=False)[SCORES]
-        return ops.sum(scores * (labels[:, num_classes:] - labels[:, :num_classes]), axis=-1)
-    return objective
-
-
 def _fab_t(classifier, params: AttackParams) -> Member:
     model = classifier.source_model
-    gap_gradient = input_gradient(score_gap_of(model), model.image_shape, 2 * model.num_classes)
-    eye = np.eye(model.num_classes, dtype=np.float32)
+    num_classes = model.num_classes
+    eye = np.eye(num_classes, dtype=np.float32)
+
+    def score_gap(both, scores):  # f_t - f_y, the function whose zero set FAB linearises; labels [true | target]
+        return ops.sum(scores * (both[:, num_classes:] - both[:, :num_classes]), axis=-1)
+    scores_and_gap_gradient = scores_and_gradient(model, score_gap, 2 * num_classes, params.batch_size)
 
     def boundary_gradient(images, y, target):
-        both = np.concatenate([eye[y], eye[target]], axis=1)
-        return np.concatenate([gap_gradient(images[rows], both[rows])
-                               for rows in batch_slices(len(images), params.batch_size)])
+        return scores_and_gap_gradient(images, np.concatenate([eye[y], eye[target]], axis=1))[1]
 
     def run(images, labels, rng):
         y = labels.argmax(axis=1)

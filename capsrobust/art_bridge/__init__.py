@@ -32,6 +32,7 @@ every report must state (`LOSSES`):
 >>> scores = classifier.predict(images)  # images (num_images, 28, 28, 1) float32 in [0, 1] -> (num_images, 10)
 """
 
+import importlib
 from typing import Callable
 
 import keras
@@ -65,6 +66,13 @@ def _backend() -> str:
         raise ConfigError("the ART bridge runs on the tensorflow, torch and jax backends (set KERAS_BACKEND). "
                           f"Received: backend={backend!r}")
     return backend
+
+
+def _backend_module():
+    """The running backend's bridge module (`tf_classifier`, `torch_classifier` or `jax_classifier`), imported only
+    when asked for: each imports its framework."""
+    module = {"tensorflow": "tf_classifier", "torch": "torch_classifier", "jax": "jax_classifier"}[_backend()]
+    return importlib.import_module(f"capsrobust.art_bridge.{module}")
 
 
 def to_art_classifier(model, loss: str = "auto", batch_size: int = 128) -> BatchedBridge:
@@ -122,14 +130,7 @@ def input_gradient(objective: Callable, image_shape,
     Raises:
         ConfigError: a Keras backend the bridge does not know.
     """
-    backend = _backend()
-    if backend == "tensorflow":
-        from capsrobust.art_bridge.tf_classifier import input_gradient as gradient_of
-    elif backend == "torch":
-        from capsrobust.art_bridge.torch_classifier import input_gradient as gradient_of
-    else:
-        from capsrobust.art_bridge.jax_classifier import input_gradient as gradient_of
-    return gradient_of(objective, tuple(image_shape), num_classes)
+    return _backend_module().input_gradient(objective, tuple(image_shape), num_classes)
 
 
 def scores_and_gradient(model, loss: Callable, label_width: int,
@@ -154,14 +155,7 @@ def scores_and_gradient(model, loss: Callable, label_width: int,
     Raises:
         ConfigError: a Keras backend the bridge does not know.
     """
-    backend = _backend()
-    if backend == "tensorflow":
-        from capsrobust.art_bridge.tf_classifier import scores_and_gradient as both_of
-    elif backend == "torch":
-        from capsrobust.art_bridge.torch_classifier import scores_and_gradient as both_of
-    else:
-        from capsrobust.art_bridge.jax_classifier import scores_and_gradient as both_of
-    both = both_of(model, loss, label_width)
+    both = _backend_module().scores_and_gradient(model, loss, label_width)
 
     def run(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(images):
