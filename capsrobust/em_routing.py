@@ -11,9 +11,12 @@ assignments over *all* its parents, so the E-step here sums over every output po
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from keras import ops
+
+from capsrobust.ops import vjp
 
 VARIANCE_FLOOR = 1e-4  # in squared pose units; keeps log(sigma) and 1/sigma^2 finite when a cluster collapses
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -120,38 +123,140 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
     lambdas = inverse_temperatures(iterations, *temperatures)
     positions, children, parents, pose_size = votes.shape[1:]
     uniform = initial_assignments(parents, child_ids, num_children, positions, children)  # (P, I, 1)
-    # Parents before children from here on, so that both products below are plain batched matmuls.
-    assignments = ops.broadcast_to(ops.convert_to_tensor(np.swapaxes(uniform, 1, 2), dtype=votes.dtype),
-                                   (ops.shape(votes)[0], positions, parents, children))  # (b, P, J, I)
-    # Each parent's first and second moments are products of the weights with V and V^2, and each vote's squared
-    # Mahalanobis distance is V^2 . 1/(2 var) - V . mu/var + const: batched matrix-vector products over the votes, so
-    # the forward pass forms nothing of the votes' size per iteration. The plain formulation (`routing_reference`)
-    # forms several such tensors per iteration and keeps them all for the backward pass.
+    settings = _Settings(lambdas, np.swapaxes(uniform, 1, 2), child_ids, num_children, normalize_cost, stop_gradient)
+    # Parents before children from here on, so that every product with the votes is a plain batched matmul.
     by_parent = ops.transpose(votes, (0, 1, 3, 2, 4))  # (b, P, J, I, H)
+    # Read into tensors (`convert_to_tensor` returns a variable as it is): a custom gradient that reads a variable
+    # must name it, and this one returns the betas' gradients as those of its inputs.
+    beta_u, beta_a = (ops.cast(ops.copy(beta), votes.dtype) for beta in (beta_u, beta_a))
+    routed = _routed_with_gradient(by_parent, ops.expand_dims(activations, 2), beta_u, beta_a, settings)
+    means, parent_activations = routed[..., :pose_size], routed[..., pose_size]
+    return means, parent_activations, ops.swapaxes(routed[..., pose_size + 1:], 2, 3)
+
+
+class _Settings(NamedTuple):
+    lambdas: list[float]
+    uniform: np.ndarray  # (P, 1, I): the first assignments
+    child_ids: np.ndarray | None
+    num_children: int | None
+    normalize_cost: bool
+    stop_gradient: bool
+
+
+def _products(iterations: int) -> list[tuple[bool, bool]]:
+    """`(votes on the right, with the squares)` for each product of `_route` with the votes, in its order: per
+    M-step `weights @ V` and `weights @ V^2`, per E-step (all but the last iteration) `V^2 @ r` and `V @ r'`."""
+    return ([(True, False), (True, True), (False, True), (False, False)] * iterations)[:4 * iterations - 2]
+
+
+def _route(by_parent, child_activations, beta_u, beta_a, settings: _Settings, probes=None):
+    """Procedure 1's iterations on parents-first votes; the votes enter only through batched matmuls.
+
+    Each parent's first and second moments are products of the weights with V and V^2, and each vote's squared
+    Mahalanobis distance is V^2 . 1/(2 var) - V . mu/var + const: so nothing of the votes' size is formed per
+    iteration (the plain formulation, `routing_reference`, forms several such tensors per iteration).
+
+    Args:
+        by_parent: `V` as `(b, P, J, I, H)`.
+        child_activations: `(b, P, 1, I)`.
+        beta_u, beta_a: `(J,)`.
+        settings: the routing's fixed settings.
+        probes: None, or zeros added to the output of every product with the votes, in `_products`' order:
+            `(b, P, J, 1, H)` for the moments, `(b, P, J, I, 1)` for the distances. Their gradients are those of the
+            products, from which `_routing_gradient` assembles the votes' gradient.
+
+    Returns:
+        `(routed, factors)`: `concatenate([means, activations, assignments])` `(b, P, J, H + 1 + I)`, and the other
+        factor of each product: the weights `(b, P, J, 1, I)` of the moments, `1 / (2 var)` and `mu / var`
+        `(b, P, J, H, 1)` of the distances.
+    """
     squares = ops.square(by_parent)
-    child_activations = ops.expand_dims(activations, 2)  # (b, P, 1, I)
-    for iteration, inverse_temperature in enumerate(lambdas):
+    pose_size = by_parent.shape[-1]
+    probes = list(probes or [])
+    factors = []
+
+    def product(left, right):
+        factors.append(left if right is by_parent or right is squares else right)
+        return ops.matmul(left, right) + (probes[len(factors) - 1] if probes else 0.0)
+
+    assignments = ops.broadcast_to(ops.convert_to_tensor(settings.uniform, dtype=by_parent.dtype),
+                                   ops.shape(by_parent)[:-1])  # (b, P, J, I)
+    for iteration, inverse_temperature in enumerate(settings.lambdas):
         # M-step: fit each parent's Gaussian to the votes, weighted by assignment times child activation.
         weights = assignments * child_activations  # (b, P, J, I)
         mass = ops.sum(weights, axis=-1) + 1e-9  # (b, P, J); sum_i R_ij, kept off zero for 0/0-free means
         row = ops.expand_dims(weights, -2)  # (b, P, J, 1, I)
-        means = ops.squeeze(ops.matmul(row, by_parent), -2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
-        second_moments = ops.squeeze(ops.matmul(row, squares), -2) / ops.expand_dims(mass, -1)
+        means = ops.squeeze(product(row, by_parent), -2) / ops.expand_dims(mass, -1)  # (b, P, J, H)
+        second_moments = ops.squeeze(product(row, squares), -2) / ops.expand_dims(mass, -1)
         # E[V^2] - mu^2 loses digits when the spread is small next to the mean; the floor is far above that loss
         # (float32 rounding of ~1e-7 * mu^2) for votes of size below ~10.
         variances = ops.relu(second_moments - ops.square(means)) + VARIANCE_FLOOR
         log_sigmas = 0.5 * ops.log(variances)
-        logits = activation_logits(log_sigmas, mass, beta_u, beta_a, inverse_temperature, normalize_cost)
+        logits = activation_logits(log_sigmas, mass, beta_u, beta_a, inverse_temperature, settings.normalize_cost)
         parent_activations = ops.sigmoid(logits)
-        if iteration == len(lambdas) - 1:
+        if iteration == len(settings.lambdas) - 1:
             break  # the last E-step would only update assignments that nothing reads
         # E-step: R_ij = a_j p_j(V_ij) / sum over i's parents k of a_k p_k(V_ik), all in log space.
         precisions = 1.0 / variances
-        quadratic = ops.squeeze(ops.matmul(squares, ops.expand_dims(0.5 * precisions, -1))
-                                - ops.matmul(by_parent, ops.expand_dims(means * precisions, -1)), -1)  # (b, P, J, I)
+        quadratic = ops.squeeze(product(squares, ops.expand_dims(0.5 * precisions, -1))
+                                - product(by_parent, ops.expand_dims(means * precisions, -1)), -1)  # (b, P, J, I)
         constant = ops.sum(0.5 * ops.square(means) * precisions + log_sigmas, axis=-1) + 0.5 * pose_size * _LOG_2PI
         log_weights = ops.expand_dims(ops.log_sigmoid(logits) - constant, -1) - quadratic  # log a_j p_j(V_ij)
-        assignments = normalise_over_parents(log_weights, 2, child_ids, num_children)
-        if stop_gradient:
+        assignments = normalise_over_parents(log_weights, 2, settings.child_ids, settings.num_children)
+        if settings.stop_gradient:
             assignments = ops.stop_gradient(assignments)
-    return means, parent_activations, ops.swapaxes(assignments, 2, 3)
+    routed = ops.concatenate([means, ops.expand_dims(parent_activations, -1), assignments], axis=-1)
+    return routed, factors
+
+
+def _routed_with_gradient(by_parent, child_activations, beta_u, beta_a, settings: _Settings):
+    """`_route`'s output, with `_routing_gradient` as its gradient: the backward pass keeps nothing of the votes'
+    size but the votes, and forms two such tensors where automatic differentiation forms one per product."""
+
+    @ops.custom_gradient
+    def routed(by_parent, child_activations, beta_u, beta_a):
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return _routing_gradient(by_parent, child_activations, beta_u, beta_a, settings, upstream)
+        return _route(by_parent, child_activations, beta_u, beta_a, settings)[0], gradient
+
+    return routed(by_parent, child_activations, beta_u, beta_a)
+
+
+def _routing_gradient(by_parent, child_activations, beta_u, beta_a, settings: _Settings, upstream):
+    """The gradients of `_route`'s output with respect to its four inputs, given the output's gradient `upstream`.
+
+    The routing runs again with the votes held constant and a zero probe added to every product with them, and the
+    backend differentiates it (`capsrobust.ops.vjp`): that gives the gradients of the activations and betas, and of
+    every product `L @ V` or `V @ R`. The votes' gradient is the sum over the products of `L^T (x) d(product)` or
+    `d(product) (x) R^T` (times `2 V` for the products with `V^2`), summed by one matmul for `V` and one for `V^2`.
+
+    Returns:
+        The gradients of `(by_parent (b, P, J, I, H), child_activations, beta_u, beta_a)`.
+    """
+    constant_votes = ops.stop_gradient(by_parent)
+    batch, positions, parents, children, pose_size = ops.shape(by_parent)
+    products = _products(len(settings.lambdas))
+    probes = [ops.zeros((batch, positions, parents, 1, pose_size) if votes_on_right
+                        else (batch, positions, parents, children, 1), dtype=by_parent.dtype)
+              for votes_on_right, _ in products]
+
+    def rerouted(child_activations, beta_u, beta_a, *probes):
+        return _route(constant_votes, child_activations, beta_u, beta_a, settings, probes)
+
+    gradients, factors = vjp(rerouted, [child_activations, beta_u, beta_a, *probes], upstream)
+    lefts, rights = {False: [], True: []}, {False: [], True: []}  # the outer products' factors, for V and V^2
+    for (votes_on_right, of_squares), factor, gradient in zip(products, factors, gradients[3:]):
+        if votes_on_right:  # weights (b, P, J, 1, I) @ V: weights^T (x) d(product) (b, P, J, 1, H)
+            left, right = ops.squeeze(factor, -2), ops.squeeze(gradient, -2)
+        else:  # V @ r (b, P, J, H, 1): d(product) (b, P, J, I, 1) (x) r^T
+            left, right = ops.squeeze(gradient, -1), ops.squeeze(factor, -1)
+        lefts[of_squares].append(left)
+        rights[of_squares].append(right)
+
+    def summed(of_squares: bool, scale: float = 1.0):  # sum_k left_k[..., i] right_k[..., h] scale
+        return ops.matmul(ops.stack(lefts[of_squares], -1), scale * ops.stack(rights[of_squares], -2))
+
+    # d(V^2)/dV = 2 V; the 2 scales the small factors, not a tensor of the votes' size
+    return (summed(False) + by_parent * summed(True, 2.0), *gradients[:3])

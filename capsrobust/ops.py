@@ -1,8 +1,10 @@
 """Capsule maths on `keras.ops`, shared by every capsule layer and routing kernel.
 
-Backend-neutral: nothing here imports TensorFlow, so the same code runs under the JAX and torch backends.
+Backend-neutral: the same code runs under the TensorFlow, JAX and torch backends. Only `vjp`, which Keras does not
+wrap, imports the running backend's framework, when it is called.
 """
 
+import keras
 from keras import ops
 
 # Added under the square root: the gradient of |s| = sqrt(sum s^2) is s/|s|, which is 0/0 = NaN at s = 0.
@@ -60,3 +62,42 @@ def exponential_squash(s, axis: int = -1, epsilon: float = NORM_EPSILON):
     norm = safe_norm(s, axis=axis, keepdims=True, epsilon=epsilon)
     # -expm1(-n) is 1 - e^-n without the cancellation of computing 1 - e^-n for small n.
     return (-ops.expm1(-norm) / norm) * s
+
+
+def vjp(function, primals: list, cotangent) -> tuple[list, object]:
+    """The vector-Jacobian product of `function` at `primals`, by the running backend's automatic differentiation.
+
+    For custom gradients that differentiate part of a computation again (`capsrobust.em_routing`).
+
+    Args:
+        function: tensors -> `(output, aux)`: one tensor, and anything made on the way (tensors, not differentiated).
+        primals: the point, a list of tensors.
+        cotangent: the output's gradient, the output's shape.
+
+    Returns:
+        `(gradients, aux)`: the gradient of `sum(output * cotangent)` with respect to each primal (zeros for a primal
+        the output does not depend on), and `function`'s `aux`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(primals)
+            output, aux = function(*primals)
+        return tape.gradient(output, primals, output_gradients=cotangent,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO), aux
+    if backend == "jax":
+        import jax
+
+        _, pullback, aux = jax.vjp(function, *primals, has_aux=True)
+        return list(pullback(cotangent)), aux
+    if backend == "torch":
+        import torch
+
+        with torch.enable_grad():
+            primals = [p.detach().requires_grad_(True) for p in primals]
+            output, aux = function(*primals)
+            gradients = torch.autograd.grad(output, primals, cotangent, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(primals, gradients)], aux
+    raise NotImplementedError(f"vjp does not support the {backend!r} backend")

@@ -80,9 +80,11 @@ def test_em_routing_matches_the_plain_reference(case, iterations, normalize_cost
     temperatures = (0.5, 1.0) if normalize_cost else (0.01, 0.02)
     pose_mix = tf.constant(rng.normal(size=votes.shape[1:2] + votes.shape[3:]))
     activation_mix = tf.constant(rng.normal(size=votes.shape[1:2] + votes.shape[3:4]))
+    assignment_mix = tf.constant(rng.normal(size=votes.shape[1:4]))
 
     def probe(outputs):
-        return tf.reduce_sum(outputs[0] * pose_mix) + tf.reduce_sum(outputs[1] * activation_mix)
+        return (tf.reduce_sum(outputs[0] * pose_mix) + tf.reduce_sum(outputs[1] * activation_mix)
+                + tf.reduce_sum(outputs[2] * assignment_mix))
 
     def routing(kernel):
         return lambda v, a, bu, ba: kernel(v, a, bu, ba, iterations, temperatures, normalize_cost=normalize_cost,
@@ -95,3 +97,48 @@ def test_em_routing_matches_the_plain_reference(case, iterations, normalize_cost
         _assert_close(f, r, name)
     for name, f, r in zip(["d/dvotes", "d/dactivations", "d/dbeta_u", "d/dbeta_a"], fast[1], reference[1]):
         _assert_close(f, r, name)
+
+
+# Under another backend the EM kernel's written-out gradient runs that backend's automatic differentiation
+# (`capsrobust.ops.vjp`) on its recomputed small tensors: the script compares it with the plain reference's
+# gradient, both through `vjp`, in float64.
+EM_GRADIENT_UNDER_BACKEND = """
+import os
+os.environ["JAX_ENABLE_X64"] = "1"  # JAX computes in float32 unless told
+import numpy as np
+from keras import ops
+from capsrobust.em_routing import em_routing
+from capsrobust.layers import ConvMatrixCapsules
+from capsrobust.ops import vjp
+from capsrobust.routing_reference import plain_em_routing
+
+layer = ConvMatrixCapsules(3, kernel=3, strides=1)
+layer.build(((None, 5, 5, 2, 16), (None, 5, 5, 2)))
+rng = np.random.default_rng(0)
+cases = {"convolutional": (rng.normal(size=(2, 9, 18, 3, 16)), rng.uniform(0.05, 0.95, size=(2, 9, 18)),
+                           {"child_ids": layer.child_ids, "num_children": layer.num_children}),
+         "class": (rng.normal(size=(2, 1, 20, 4, 16)), rng.uniform(0.05, 0.95, size=(2, 1, 20)), {})}
+worst = 0.0
+for name, (votes, activations, layout) in cases.items():
+    parents = votes.shape[3]
+    inputs = [ops.convert_to_tensor(x) for x in (votes, activations, rng.normal(scale=0.5, size=parents),
+                                                   rng.normal(scale=0.5, size=parents))]
+    results = []
+    for kernel in (em_routing, plain_em_routing):
+        def flat(*args, kernel=kernel):
+            outputs = kernel(*args, 3, (0.5, 1.0), normalize_cost=True, **layout)
+            return ops.concatenate([ops.reshape(o, (-1,)) for o in outputs]), None
+        output = flat(*inputs)[0]
+        cotangent = ops.convert_to_tensor(np.random.default_rng(1).normal(size=output.shape))
+        results.append([ops.convert_to_numpy(t) for t in [output, *vjp(flat, inputs, cotangent)[0]]])
+    for fast, reference in zip(*results):
+        assert reference.dtype == np.float64 and np.abs(reference).max() > 0
+        worst = max(worst, float(np.abs(fast - reference).max() / np.abs(reference).max()))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_em_routing_gradient_under_another_backend(backend, run_under_backend):
+    output = run_under_backend(backend, EM_GRADIENT_UNDER_BACKEND)
+    assert float(output.strip().splitlines()[-1]) < RTOL
