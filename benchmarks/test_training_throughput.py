@@ -13,7 +13,7 @@ from benchmarks.measure import training_steps
 
 BATCH = 128
 # em-capsnet too: its first ConvCaps casts ~15 MB of votes per image, but the layer routes them in rematerialised
-# chunks (`ConvMatrixCapsules.chunk_votes_bytes`), so batch 128 trains in ~5 GB (it once ran 24 GB out of memory).
+# chunks (`ConvMatrixCapsules.chunk_votes_bytes`), so batch 128 trains in ~2.4 GB (it once ran 24 GB out of memory).
 STEPS = 5
 MODELS = ["capsnet", "capsnet-small", "em-capsnet", "em-capsnet-small", "cnn-baseline", "cnn-small"]
 

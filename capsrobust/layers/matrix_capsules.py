@@ -14,9 +14,10 @@ from capsrobust.em_routing import em_routing
 
 POSE = 4  # pose matrices are POSE x POSE
 # Convolutional capsules route at most this many bytes of votes at once (see `ConvMatrixCapsules`): em-capsnet's first
-# ConvCaps casts ~15 MB of votes per image, and its backward pass needs about a dozen tensors of that size. At 256 MiB
-# em-capsnet trains at batch 128 in ~5 GB (in chunks of 16 images; 128 MiB: ~3.5 GB), and em-capsnet-small's layers
-# (236 and 170 MB at batch 128) route whole, 10-25% faster than in two rematerialised chunks.
+# ConvCaps casts ~15 MB of votes per image, and its backward pass needs about four tensors of that size. At 256 MiB
+# em-capsnet trains at batch 128 in ~2.4 GB (in chunks of 16 images), and em-capsnet-small's layers (236 and 170 MB
+# at batch 128) route whole, 10-25% faster than in two rematerialised chunks (measured before EM's written-out
+# gradient).
 CHUNK_VOTES_BYTES = 256 << 20
 
 
