@@ -8,6 +8,9 @@ votes under- and overflow float32 after the first iteration: the NaNs public rei
 Convolutional capsules see each child through several overlapping receptive fields. Procedure 1 normalises a child's
 assignments over *all* its parents, so the E-step here sums over every output position that received the child
 (`child_ids` says which votes come from the same child) rather than over the types at one position only.
+
+The backward pass is written out (`_routing_gradient`): it keeps nothing of the votes' size but the votes, where
+automatic differentiation kept and formed several such tensors per iteration (`benchmarks/test_routing.py`).
 """
 
 import math
@@ -135,6 +138,8 @@ def em_routing(votes, activations, beta_u, beta_a, iterations: int = 3, temperat
 
 
 class _Settings(NamedTuple):
+    """What `em_routing` fixes before routing: the same for the forward pass and the backward pass's rerun."""
+
     lambdas: list[float]
     uniform: np.ndarray  # (P, 1, I): the first assignments
     child_ids: np.ndarray | None
