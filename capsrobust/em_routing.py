@@ -149,8 +149,9 @@ class _Settings(NamedTuple):
 
 
 def _products(iterations: int) -> list[tuple[bool, bool]]:
-    """`(votes on the right, with the squares)` for each product of `_route` with the votes, in its order: per
-    M-step `weights @ V` and `weights @ V^2`, per E-step (all but the last iteration) `V^2 @ r` and `V @ r'`."""
+    """`(votes on the right, with the squares)` for each product of `_route` with the votes, in the order `_route`
+    makes them: per M-step `weights @ V` and `weights @ V^2`, per E-step (all but the last iteration) `V^2 @ r` and
+    `V @ r'`. `_route` and `_routing_gradient` both read the order here."""
     return ([(True, False), (True, True), (False, True), (False, False)] * iterations)[:4 * iterations - 2]
 
 
@@ -177,11 +178,13 @@ def _route(by_parent, child_activations, beta_u, beta_a, settings: _Settings, pr
     """
     squares = ops.square(by_parent)
     pose_size = by_parent.shape[-1]
+    order = _products(len(settings.lambdas))
     probes = list(probes or [])
     factors = []
 
     def product(left, right):
-        factors.append(left if right is by_parent or right is squares else right)
+        votes_on_right, _ = order[len(factors)]
+        factors.append(left if votes_on_right else right)
         return ops.matmul(left, right) + (probes[len(factors) - 1] if probes else 0.0)
 
     assignments = ops.broadcast_to(ops.convert_to_tensor(settings.uniform, dtype=by_parent.dtype),
@@ -258,10 +261,10 @@ def _routing_gradient(by_parent, child_activations, beta_u, beta_a, settings: _S
         else:  # V @ r (b, P, J, H, 1): d(product) (b, P, J, I, 1) (x) r^T
             left, right = ops.squeeze(gradient, -1), ops.squeeze(factor, -1)
         lefts[of_squares].append(left)
-        rights[of_squares].append(right)
+        # d(V^2)/dV = 2 V: the 2 scales this small factor, not a tensor of the votes' size
+        rights[of_squares].append(2.0 * right if of_squares else right)
 
-    def summed(of_squares: bool, scale: float = 1.0):  # sum_k left_k[..., i] right_k[..., h] scale
-        return ops.matmul(ops.stack(lefts[of_squares], -1), scale * ops.stack(rights[of_squares], -2))
+    def summed(of_squares: bool):  # sum_k left_k[..., i] right_k[..., h], as (b, P, J, I, K) @ (b, P, J, K, H)
+        return ops.matmul(ops.stack(lefts[of_squares], -1), ops.stack(rights[of_squares], -2))
 
-    # d(V^2)/dV = 2 V; the 2 scales the small factors, not a tensor of the votes' size
-    return (summed(False) + by_parent * summed(True, 2.0), *gradients[:3])
+    return (summed(False) + by_parent * summed(True), *gradients[:3])
