@@ -29,6 +29,7 @@ from capsrobust.errors import ConfigError
 from capsrobust.models.base import SCORES
 from capsrobust.models.predict import predict_batched
 from capsrobust.stats import mcnemar_exact, outcome_bits, wilson_interval
+from capsrobust.store import model_name_of
 
 ATTACKS = ("autoattack", "autoattack-fast")  # the sweep attacks a cross-check can pair with
 MEMBERS = {"autoattack": ("apgd-ce", "apgd-t", "fab-t", "square"), "autoattack-fast": ("apgd-ce", "apgd-t")}
@@ -139,6 +140,17 @@ def run_torchattacks(store_root: str | None, entry_id: str, images: np.ndarray, 
         return found
 
 
+def selected_cells(cells: list, models: list[str] | None, eps_values: tuple[float, ...] | None) -> list:
+    """The sweep's own AutoAttack cells (not transfer ones) for `models` and `eps_values` (None: all).
+
+    A model is named by its entry id or the name `--model` knows it by: `capsnet-small-at` picks the adversarially
+    trained entry and `capsnet-small` the undefended one, never both (the cells' `model` is the registry name alone).
+    """
+    return [c for c in cells if c.attack in ATTACKS and c.transfer_source is None
+            and (not models or c.model_id in models or model_name_of(c.model_id) in models)
+            and (not eps_values or c.eps in eps_values)]
+
+
 def crosscheck_sweep(record, store, data_dir: str | None = None, models: list[str] | None = None,
                      eps_values: tuple[float, ...] | None = None, limit: int | None = None, seed: int = 0,
                      say: Callable[[str], None] = print) -> list[CrossCheck]:
@@ -155,8 +167,7 @@ def crosscheck_sweep(record, store, data_dir: str | None = None, models: list[st
         ConfigError: no such cells, other data than the sweep's, or a model that no longer classifies the sweep's
             images as it did (changed weights).
     """
-    cells = [c for c in record.result.cells if c.attack in ATTACKS and c.transfer_source is None
-             and (not models or c.model_id in models or c.model in models) and (not eps_values or c.eps in eps_values)]
+    cells = selected_cells(record.result.cells, models, eps_values)
     if not cells:
         raise ConfigError(f"{record.directory} has no {' or '.join(ATTACKS)} cell"
                           + (" for the models and eps given" if models or eps_values else ""))

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from capsrobust.crosscheck import CrossCheck, check_adversarial
+from types import SimpleNamespace
+
+from capsrobust.crosscheck import CrossCheck, check_adversarial, selected_cells
 
 
 def test_pairing_counts_the_images_each_implementation_alone_fooled():
@@ -31,6 +33,20 @@ def test_adversarial_images_outside_the_ball_or_the_unit_range_do_not_count():
     assert check_adversarial(clean, adversarial, 0.1).tolist() == [True, False, False, False]
     assert check_adversarial(clean, adversarial, 0.5).tolist() == [True, True, True, False]
     assert check_adversarial(clean, adversarial, 1.0, norm="2").tolist() == [True, True, True, False]
+
+
+def test_models_are_named_as_on_the_command_line_defended_apart_from_undefended():
+    def cell(model_id, attack="autoattack", eps=0.3, transfer_source=None):  # cells record the registry name alone
+        return SimpleNamespace(model_id=model_id, model=model_id.split("-at-")[0].split("-mnist")[0], attack=attack,
+                               eps=eps, transfer_source=transfer_source)
+
+    defended, plain = "capsnet-small-at-mnist-20261202-195446-b63096", "capsnet-small-mnist-20261201-182816-11004c"
+    cells = [cell(defended), cell(plain), cell(plain, eps=0.1), cell(plain, attack="pgd100"),
+             cell(plain, transfer_source="cnn-small-mnist-20261201-184303-064782")]
+    assert selected_cells(cells, ["capsnet-small-at"], None) == [cells[0]]
+    assert selected_cells(cells, ["capsnet-small"], None) == cells[1:3]
+    assert selected_cells(cells, [plain], (0.1,)) == [cells[2]]
+    assert selected_cells(cells, None, None) == cells[:3]
 
 
 def test_a_directory_that_is_no_sweep_is_one_line_and_exit_2(tmp_path, capsys):
