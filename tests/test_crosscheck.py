@@ -2,11 +2,10 @@
 cnn-small (torchattacks in the real torch-backend process the command starts)."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from types import SimpleNamespace
 
 from capsrobust.crosscheck import CrossCheck, check_adversarial, selected_cells
 
@@ -37,8 +36,8 @@ def test_adversarial_images_outside_the_ball_or_the_unit_range_do_not_count():
 
 def test_models_are_named_as_on_the_command_line_defended_apart_from_undefended():
     def cell(model_id, attack="autoattack", eps=0.3, transfer_source=None):  # cells record the registry name alone
-        return SimpleNamespace(model_id=model_id, model=model_id.split("-at-")[0].split("-mnist")[0], attack=attack,
-                               eps=eps, transfer_source=transfer_source)
+        return SimpleNamespace(model_id=model_id, model="capsnet-small", attack=attack, eps=eps,
+                               transfer_source=transfer_source)
 
     defended, plain = "capsnet-small-at-mnist-20261202-195446-b63096", "capsnet-small-mnist-20261201-182816-11004c"
     cells = [cell(defended), cell(plain), cell(plain, eps=0.1), cell(plain, attack="pgd100"),
