@@ -1,5 +1,6 @@
-"""Per-image outcomes, resume and shards: a sweep split into shards and merged is the sweep run whole, and a stopped
-sweep resumed is the sweep run through; reports from other sweeps, or edited ones, are refused in one line.
+"""Per-image outcomes, resume and shards: a sweep split into shards and merged is the sweep run whole, sweeps of
+different models on the same images joined are the sweep of all of them, and a stopped sweep resumed is the sweep run
+through; reports from other sweeps, or edited ones, are refused in one line.
 
 A CNN with a decoder trained for one epoch on the bundled subset, and the zoo's cnn-small, keep this fast: what is
 tested is the bookkeeping, not robustness.
@@ -19,7 +20,7 @@ from capsrobust.detection import ReconstructionDetector, reconstruction_distance
 from capsrobust.errors import ConfigError
 from capsrobust.models import model_config
 from capsrobust.sweep import ModelUnderTest, SweepConfig, checks, run_sweep
-from capsrobust.sweep.merge import merge_records
+from capsrobust.sweep.merge import combine_records, merge_records
 from capsrobust.sweep.records import PARTIAL_FILE, SWEEP_FILE, read_record
 from capsrobust.training import TrainSettings, fit
 
@@ -99,6 +100,37 @@ def test_merged_shards_equal_the_whole_run(setup, whole, tmp_path, monkeypatch):
                          _metadata(models, split, IMAGES - split, [2, 2]))
     with pytest.raises(ConfigError, match="its config differs"):
         merge_records([read_record(directories[0]), read_record(other)])
+
+
+def test_sweeps_of_different_models_join_into_the_sweep_of_both(setup, whole, tmp_path, monkeypatch, capsys):
+    models, images, labels, _ = setup
+    monkeypatch.setattr(checks, "EPS_ONE_IMAGES", 2)
+    directories = []
+    for mut, config in zip(models, [CONFIG, dataclasses.replace(CONFIG, skip_inapplicable=True)]):  # attack, compare
+        directories.append(tmp_path / mut.name)
+        report.write_results(run_sweep([mut], config, images, labels), directories[-1],
+                             _metadata([mut], 0, IMAGES, None))
+    joined, metadata = combine_records([read_record(d) for d in directories])
+    _same(joined, whole)
+    assert whole.verdicts and metadata["data"]["joined_from"] == [str(d) for d in directories]
+
+    status = main(["merge", *map(str, directories), "--output", str(tmp_path / "joined")])
+    saved = read_record(tmp_path / "joined").content
+    assert status == 0 and saved["verdicts"] == json.loads(json.dumps(whole.verdicts))
+    assert list(saved["models"]) == [m.id for m in models]
+
+    # Refused: other settings, other images, a model in two whole reports.
+    alone = read_record(directories[1]).result
+    report.write_results(dataclasses.replace(alone, config=dataclasses.replace(CONFIG, seed=1)), tmp_path / "seed1",
+                         _metadata([models[1]], 0, IMAGES, None))
+    report.write_results(alone, tmp_path / "elsewhere", _metadata([models[1]], 1, IMAGES, None))
+    for other, message in [("seed1", "another seed"), ("elsewhere", "on other images"),
+                           (models[0].name, "joined only when no model is in two")]:
+        with pytest.raises(ConfigError, match=message):
+            combine_records([read_record(directories[0]), read_record(tmp_path / other)])
+    capsys.readouterr()
+    assert main(["merge", str(directories[0]), str(tmp_path / "seed1"), "--output", str(tmp_path / "no")]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "no").exists()
 
 
 def test_a_stopped_sweep_resumes_from_its_finished_cells(setup, whole, tmp_path, monkeypatch):

@@ -1,11 +1,16 @@
 """Merging the shards of one sweep: each shard ran the same configuration on a disjoint, contiguous slice of the
 test images (`capsrobust attack ... --shard K/N`); the merged report is the one a single run on all of them gives.
+Joining the reports of different models run apart on the same images with the same configuration: the joined report
+is the one a single `compare` of all of them gives, verdicts between every pair included, so a model trained later
+is compared with earlier ones without attacking those again.
 
 Every figure is recomputed from the concatenated per-image outcomes (`metrics.figures`), and the worst case,
 verdicts and trust checks from those, so nothing is averaged that cannot be (an AUROC, a worst case). Attacks with a
 random start draw their starts per batch, so a shard's draws differ from the whole run's; deterministic attacks
 (FGSM, BIM) and the noise baseline (drawn per image) give the same figures exactly (`tests/test_shards.py`).
 """
+
+import dataclasses
 
 import numpy as np
 
@@ -20,6 +25,19 @@ from capsrobust.sweep.run import summarise
 # What must be equal in every shard's report for them to be parts of one sweep.
 _SAME = ("config", "command", "models", "transfer_sources")
 _SAME_DATA = ("name", "source", "limit")
+# What may differ between the reports of one join: whether an inapplicable attack stops the sweep or is skipped
+# (`compare` skips, `attack` stops) decides nothing about the cells that ran; and where each report came from.
+_JOIN_IGNORES = ("skip_inapplicable",)
+_PROVENANCE = ("merged_from", "joined_from")
+
+
+def combine_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
+    """The shards of one sweep merged (`merge_records`), or reports of different models joined (`join_records`):
+    reports that share no model are joined, any others must be shards of one sweep."""
+    model_ids = [model_id for record in records for model_id in record.content["models"]]
+    if len(records) > 1 and len(set(model_ids)) == len(model_ids):
+        return join_records(records)
+    return merge_records(records)
 
 
 def merge_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
@@ -41,7 +59,8 @@ def merge_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
         if not record.complete:
             raise ConfigError(f"{record.directory} holds a stopped sweep; finish it with --resume first")
         if not (record.content.get("data") or {}).get("shard"):
-            raise ConfigError(f"{record.directory} is not a shard (it was run without --shard)")
+            raise ConfigError(f"{record.directory} is not a shard (it was run without --shard); reports of whole "
+                              f"sweeps are joined only when no model is in two of them")
     records = sorted(records, key=lambda r: r.content["data"]["shard"][0])
     first = records[0].content
     for record in records[1:]:
@@ -66,6 +85,70 @@ def merge_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
     if any(k != keys[0] for k in keys[1:]):
         raise ConfigError("the shards ran different cells (models, attacks or eps); merge shards of one sweep")
     return _merged(records), _metadata(records)
+
+
+def join_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
+    """One report of all the models of `records`: sweeps of different models on the same images.
+
+    Each model's cells, per-image outcomes, clean pass, noise baseline and unbounded-attack check are its own
+    report's; the worst case, verdicts and trust checks are recomputed over all of them (`run.summarise`), as a
+    single run of every model would make them.
+
+    Args:
+        records: finished reports (of whole sweeps, merged shards, or the same shard of each), in the order the
+            joined report lists their models.
+
+    Returns:
+        `(result, metadata)`: the joined result and the report metadata.
+
+    Raises:
+        ConfigError: a report that is not finished, a model in two reports, or reports on other images (data set,
+            image range) or with another configuration (attacks, eps, steps, seeds, batch size).
+    """
+    for record in records:
+        if not record.complete:
+            raise ConfigError(f"{record.directory} holds a stopped sweep; finish it with --resume first")
+    first = records[0]
+    for record in records[1:]:
+        for key, value in _comparable_config(first.content).items():
+            if _comparable_config(record.content)[key] != value:
+                raise ConfigError(f"{record.directory} was run with another {key} than {first.directory}; join "
+                                  f"reports run with the same attacks, eps and settings")
+        if _comparable_data(record.content) != _comparable_data(first.content):
+            raise ConfigError(f"{record.directory} was run on other images than {first.directory} (data set, "
+                              f"--limit or image range differ); join reports on the same images")
+    parts = [r.result for r in records]
+    config = dataclasses.replace(parts[0].config, skip_inapplicable=any(p.config.skip_inapplicable for p in parts))
+    result = SweepResult(config, skipped=[s for p in parts for s in p.skipped])
+    for part in parts:
+        result.clean.update(part.clean)
+        result.noise_correct.update(part.noise_correct)
+        for cell in part.cells:
+            key = (cell.model_id, cell.attack, cell.eps)
+            result.cells.append(cell)
+            result.outcomes[key] = part.outcomes[key]
+            result.survivors[key] = part.outcomes[key].robust
+            roc = metrics.roc_data(part.outcomes[key], part.clean[cell.model_id])
+            if roc is not None:
+                result.roc[key] = roc
+    result.checks = [c for r in records for c in r.content.get("checks", []) if c["check"] == "unbounded attack wins"]
+    summarise(result, [m for r in records for m in _models(r.content)])
+    result.seconds = sum(r.content.get("seconds", 0.0) for r in records)
+    commands = {r.content.get("command") for r in records}
+    metadata = {"command": commands.pop() if len(commands) == 1 else "compare", "models": {}, "transfer_sources": {},
+                "data": {**_comparable_data(first.content), "joined_from": [str(r.directory) for r in records]}}
+    for record in records:
+        metadata["models"].update(record.content["models"])
+        metadata["transfer_sources"].update(record.content.get("transfer_sources") or {})
+    return result, metadata
+
+
+def _comparable_config(content: dict) -> dict:
+    return {k: v for k, v in content["config"].items() if k not in _JOIN_IGNORES}
+
+
+def _comparable_data(content: dict) -> dict:
+    return {k: v for k, v in content["data"].items() if k not in _PROVENANCE}
 
 
 def _merged(records: list[SweepRecord]) -> SweepResult:
