@@ -20,7 +20,7 @@ from capsrobust.detection import ReconstructionDetector, reconstruction_distance
 from capsrobust.errors import ConfigError
 from capsrobust.models import model_config
 from capsrobust.sweep import ModelUnderTest, SweepConfig, checks, run_sweep
-from capsrobust.sweep.merge import combine_records, merge_records
+from capsrobust.sweep.merge import combine_records, join_records, merge_records
 from capsrobust.sweep.records import PARTIAL_FILE, SWEEP_FILE, read_record
 from capsrobust.training import TrainSettings, fit
 
@@ -128,6 +128,8 @@ def test_sweeps_of_different_models_join_into_the_sweep_of_both(setup, whole, tm
                            (models[0].name, "joined only when no model is in two")]:
         with pytest.raises(ConfigError, match=message):
             combine_records([read_record(directories[0]), read_record(tmp_path / other)])
+    with pytest.raises(ConfigError, match="a model is in two"):
+        join_records([read_record(directories[0]), read_record(directories[0])])
     capsys.readouterr()
     assert main(["merge", str(directories[0]), str(tmp_path / "seed1"), "--output", str(tmp_path / "no")]) == 2
     assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "no").exists()

@@ -108,10 +108,13 @@ def join_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
     for record in records:
         if not record.complete:
             raise ConfigError(f"{record.directory} holds a stopped sweep; finish it with --resume first")
+    model_ids = [model_id for record in records for model_id in record.content["models"]]
+    if len(set(model_ids)) < len(model_ids):
+        raise ConfigError("a model is in two of the reports; join reports of different models")
     first = records[0]
     for record in records[1:]:
         for key, value in _comparable_config(first.content).items():
-            if _comparable_config(record.content)[key] != value:
+            if _comparable_config(record.content).get(key) != value:
                 raise ConfigError(f"{record.directory} was run with another {key} than {first.directory}; join "
                                   f"reports run with the same attacks, eps and settings")
         if _comparable_data(record.content) != _comparable_data(first.content):
