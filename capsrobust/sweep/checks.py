@@ -18,6 +18,7 @@ from capsrobust.sweep.results import Cell, SweepResult
 TOLERANCE = 0.01
 NEAR_ZERO = 0.05
 EPS_ONE_IMAGES = 100
+EPS_ONE_CHECK = "unbounded attack wins"  # the one check a sweep runs on the model itself, not on its outcomes
 UNPERTURBED = 0.01  # share of attacked images an attack may leave exactly where they were
 LAST_RESTART = 0.01  # share of attacked images the last restart may still fool
 FAR_WEAKER, SIGNIFICANCE = 0.05, 0.05  # an attack this much weaker than the strongest, on McNemar's exact test
@@ -31,7 +32,7 @@ def eps_one_check(mut: ModelUnderTest, classifier, config: SweepConfig, x: np.nd
     x_adv = attack.generate(x=x, y=np.eye(mut.model.num_classes, dtype="float32")[y]) if len(x) else x
     accuracy = float((predict_batched(mut.model, x_adv, config.batch_size)[SCORES].argmax(-1) == y).mean()) \
         if len(x) else 0.0
-    return _check("unbounded attack wins", mut.id, accuracy <= NEAR_ZERO,
+    return _check(EPS_ONE_CHECK, mut.id, accuracy <= NEAR_ZERO,
                   f"PGD-20 (step 0.1) at eps=1 leaves {accuracy:.1%} of {len(x)} images correct (want <= "
                   f"{NEAR_ZERO:.0%})", "gradient masking or a broken attack: the gradients do not reach the input")
 

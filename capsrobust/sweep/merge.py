@@ -17,6 +17,7 @@ import numpy as np
 from capsrobust.detection import ReconstructionDetector
 from capsrobust.errors import ConfigError
 from capsrobust.sweep import metrics
+from capsrobust.sweep.checks import EPS_ONE_CHECK
 from capsrobust.sweep.plan import ModelUnderTest
 from capsrobust.sweep.records import SweepRecord
 from capsrobust.sweep.results import Cell, CleanPass, Outcome, SweepResult
@@ -34,8 +35,7 @@ _PROVENANCE = ("merged_from", "joined_from")
 def combine_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
     """The shards of one sweep merged (`merge_records`), or reports of different models joined (`join_records`):
     reports that share no model are joined, any others must be shards of one sweep."""
-    model_ids = [model_id for record in records for model_id in record.content["models"]]
-    if len(records) > 1 and len(set(model_ids)) == len(model_ids):
+    if len(records) > 1 and _disjoint_models(records):
         return join_records(records)
     return merge_records(records)
 
@@ -108,15 +108,15 @@ def join_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
     for record in records:
         if not record.complete:
             raise ConfigError(f"{record.directory} holds a stopped sweep; finish it with --resume first")
-    model_ids = [model_id for record in records for model_id in record.content["models"]]
-    if len(set(model_ids)) < len(model_ids):
+    if not _disjoint_models(records):
         raise ConfigError("a model is in two of the reports; join reports of different models")
     first = records[0]
     for record in records[1:]:
-        for key, value in _comparable_config(first.content).items():
-            if _comparable_config(record.content).get(key) != value:
-                raise ConfigError(f"{record.directory} was run with another {key} than {first.directory}; join "
-                                  f"reports run with the same attacks, eps and settings")
+        ours, theirs = _comparable_config(first.content), _comparable_config(record.content)
+        if ours != theirs:
+            key = next(k for k in {**ours, **theirs} if ours.get(k) != theirs.get(k))
+            raise ConfigError(f"{record.directory} was run with another {key} than {first.directory}; join "
+                              f"reports run with the same attacks, eps and settings")
         if _comparable_data(record.content) != _comparable_data(first.content):
             raise ConfigError(f"{record.directory} was run on other images than {first.directory} (data set, "
                               f"--limit or image range differ); join reports on the same images")
@@ -134,7 +134,7 @@ def join_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
             roc = metrics.roc_data(part.outcomes[key], part.clean[cell.model_id])
             if roc is not None:
                 result.roc[key] = roc
-    result.checks = [c for r in records for c in r.content.get("checks", []) if c["check"] == "unbounded attack wins"]
+    result.checks = [c for r in records for c in r.content.get("checks", []) if c["check"] == EPS_ONE_CHECK]
     summarise(result, [m for r in records for m in _models(r.content)])
     result.seconds = sum(r.content.get("seconds", 0.0) for r in records)
     commands = {r.content.get("command") for r in records}
@@ -144,6 +144,11 @@ def join_records(records: list[SweepRecord]) -> tuple[SweepResult, dict]:
         metadata["models"].update(record.content["models"])
         metadata["transfer_sources"].update(record.content.get("transfer_sources") or {})
     return result, metadata
+
+
+def _disjoint_models(records: list[SweepRecord]) -> bool:
+    model_ids = [model_id for record in records for model_id in record.content["models"]]
+    return len(set(model_ids)) == len(model_ids)
 
 
 def _comparable_config(content: dict) -> dict:
@@ -182,7 +187,7 @@ def _merged(records: list[SweepRecord]) -> SweepResult:
         if roc is not None:
             result.roc[key] = roc
     # The unbounded-attack check runs on the first attacked images of a run: the first shard's are the whole run's.
-    result.checks = [c for c in records[0].content.get("checks", []) if c["check"] == "unbounded attack wins"]
+    result.checks = [c for c in records[0].content.get("checks", []) if c["check"] == EPS_ONE_CHECK]
     summarise(result, _models(records[0].content))
     result.seconds = sum(r.content.get("seconds", 0.0) for r in records)
     return result
