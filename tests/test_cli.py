@@ -92,12 +92,14 @@ def test_transfer_without_a_source_is_one_line_and_exit_2(tmp_path, in_process):
 def test_em_capsules_train_and_are_attacked_like_any_model(tmp_path, in_process):
     # In this process: the tests above train as a real process.
     code, _, error = in_process(tmp_path, "train", "mnist", "--subset", "--model", "em-capsnet-small", "--em-iterations",
-                                "1", "--config", "reconstruction=true", "--epochs", "1", "--limit", "192",
+                                "1", "--config", "reconstruction=true", "--config", "primary_types=4",
+                                "--config", "conv_types=[8,8]", "--epochs", "1", "--limit", "192",
                                 "--val-size", "64", "--batch-size", "32", "--quiet")
     assert code == 0, error
     (entry,) = (tmp_path / "models").iterdir()
     card = json.loads((entry / "card.json").read_text())
     assert card["config"]["em_iterations"] == 1 and card["config"]["reconstruction"] is True  # --config survives
+    assert card["config"]["conv_types"] == [8, 8]
     assert card["detector"]["threshold"] > 0 and card["score_kind"] == "activations"
     code, detected, error = in_process(tmp_path, "detect", "--model", "em-capsnet-small", "--method", "fgsm",
                                        "--eps", "0.1", "--limit", "20", "--no-checks",

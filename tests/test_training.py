@@ -19,8 +19,10 @@ def _small(dataset, n_train=1024, n_val=256):
 
 
 def _straight_and_resumed(name, dataset, tmp_path):
-    """Two runs of 2 epochs: one uninterrupted, one "interrupted" after epoch 1 and resumed in the same directory."""
-    data = _small(dataset)
+    """Two runs of 2 epochs: one uninterrupted, one "interrupted" after epoch 1 and resumed in the same directory.
+
+    Four batches an epoch: equality to the last bit needs steps, not learning."""
+    data = _small(dataset, n_train=256, n_val=64)
     config = model_config(name)
     straight = fit(name, config, data, TrainSettings(epochs=2, batch_size=64, seed=3), tmp_path / "a")
     fit(name, config, data, TrainSettings(epochs=1, batch_size=64, seed=3), tmp_path / "b")
@@ -34,11 +36,12 @@ def _straight_and_resumed(name, dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["capsnet-small", "cnn-small"])
 def test_training_learns_well_above_chance(name, mnist_subset, tmp_path):
-    result = fit(name, model_config(name), mnist_subset, TrainSettings(epochs=2, batch_size=64), tmp_path)
+    # One epoch of the subset's 3,667 images gave 84.8% (capsnet-small) and 90.8% (cnn-small) on its 1,000 test images.
+    result = fit(name, model_config(name), mnist_subset, TrainSettings(epochs=1, batch_size=64), tmp_path)
     test_accuracy = accuracy(result.model, mnist_subset.x_test, mnist_subset.y_test)
-    assert test_accuracy > 0.8, test_accuracy
-    assert result.state.finished and result.state.epoch == 2
-    assert (tmp_path / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert test_accuracy > 0.75, test_accuracy
+    assert result.state.finished and result.state.epoch == 1
+    assert (tmp_path / "log.csv").read_text().count("\n") == 2  # header + 1 epoch
     assert any((tmp_path / "tensorboard").iterdir())
 
 
