@@ -43,8 +43,27 @@ TARGETS = 9  # the reference's n_target_classes
 FAB_RESTARTS = 1
 SQUARE_P_INIT = 0.8  # Andriushchenko et al. (2020) and the reference AutoAttack, for L-inf and L2
 
-# A member: (name, budget, run) where run(images, one_hot_labels, rng) -> adversarial images.
-Member = tuple[str, str, Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]]
+
+class MemberProgress:
+    """Where a member keeps its state part-way through its run (after each target, every few hundred queries), so
+    that a stopped cell continues inside the member it was in, not at its start.
+
+    Attributes:
+        saved: the state the member last passed to `save` in a stopped run on the same inputs, or None: start afresh.
+    """
+
+    def __init__(self, saved: dict | None = None, save: Callable[[dict], None] | None = None):
+        self.saved = saved
+        self._save = save
+
+    def save(self, state: dict) -> None:
+        """Keeps `state` (numpy arrays and JSON values) until the member ends; without a progress file, nothing."""
+        if self._save is not None:
+            self._save(state)
+
+
+# A member: (name, budget, run) where run(images, one_hot_labels, rng, progress) -> adversarial images.
+Member = tuple[str, str, Callable[[np.ndarray, np.ndarray, np.random.Generator, MemberProgress], np.ndarray]]
 
 
 class AutoAttackEnsemble(Attack):
@@ -68,9 +87,10 @@ class AutoAttackEnsemble(Attack):
                  **kwargs) -> np.ndarray:
         """Adversarial images `(num_images, h, w, c)`; `y` true labels (integers or one-hot; None: predictions).
 
-        With `progress_file`, the state after each member is saved there, and a run on the same images, labels,
-        parameters and members that finds it continues after the last member saved. Each member draws from its own
-        generator (`rng(index)`), so a continued run gives what an uninterrupted one does.
+        With `progress_file`, the state after each member, and within a member at its own steps (`MemberProgress`),
+        is saved there, and a run on the same images, labels, parameters and members that finds it continues from
+        the last state saved. Each member draws from its own generator (`rng(index)`), so a continued run gives what
+        an uninterrupted one does.
         """
         started = time.perf_counter()
         images = validate_inputs(x)
@@ -78,14 +98,21 @@ class AutoAttackEnsemble(Attack):
         key = self._progress_key(images, one_hot)
         saved = None if progress_file is None else _load_progress(progress_file, key)
         if saved is None:
-            first, adversarial, robust = 0, images.copy(), ~self._fooled(images, one_hot)
+            first, adversarial, robust, partial = 0, images.copy(), ~self._fooled(images, one_hot), None
             self.fooled_by, members, self.earlier_seconds = np.full(len(images), -1, dtype=np.int8), {}, 0.0
         else:
-            first, adversarial, robust, self.fooled_by, members, self.earlier_seconds = saved
+            first, adversarial, robust, self.fooled_by, members, self.earlier_seconds, partial = saved
+
+        def save(next_member: int, partial: dict | None = None) -> None:
+            _save_progress(progress_file, key, next_member, adversarial, robust, self.fooled_by, members,
+                           self.earlier_seconds + time.perf_counter() - started, partial)
+
         for index, (name, _, run) in enumerate(self.members[first:], start=first):
             rows = np.flatnonzero(robust)
             if len(rows):
-                candidate = run(images[rows], one_hot[rows], self.rng(index))
+                progress = MemberProgress(partial if index == first else None,
+                                          None if progress_file is None else lambda state, i=index: save(i, state))
+                candidate = run(images[rows], one_hot[rows], self.rng(index), progress)
                 # Counted only if it fools the real model inside the eps-ball and [0, 1] (the reference's check).
                 inside = _within(candidate, images[rows], self.params)
                 won = self._fooled(candidate, one_hot[rows]) & inside
@@ -99,8 +126,7 @@ class AutoAttackEnsemble(Attack):
             members[name] = {"ran": bool(len(rows)), "fooled": int(len(rows) - robust[rows].sum()) if len(rows)
                              else 0}
             if progress_file is not None:
-                _save_progress(progress_file, key, index + 1, adversarial, robust, self.fooled_by, members,
-                               self.earlier_seconds + time.perf_counter() - started)
+                save(index + 1)
         self.last_run = {"members": members, "survived": int(robust.sum())}
         return adversarial
 
@@ -121,27 +147,37 @@ def _within(candidate: np.ndarray, images: np.ndarray, params: AttackParams, sla
         & (candidate.reshape(len(images), -1).max(axis=1, initial=0) <= 1)
 
 
+PARTIAL = "partial:"  # prefix of the arrays of the state part-way through member `next_member`
+
+
 def _save_progress(path, key: str, next_member: int, adversarial: np.ndarray, robust: np.ndarray,
-                   fooled_by: np.ndarray, members: dict, seconds: float) -> None:
-    """The ensemble's state after a member, written atomically as plain arrays and JSON (nothing that runs code)."""
+                   fooled_by: np.ndarray, members: dict, seconds: float, partial: dict | None = None) -> None:
+    """The ensemble's state before member `next_member`, and `partial`, that member's own state part-way through
+    it, written atomically as plain arrays and JSON (nothing that runs code)."""
     arrays = {"adversarial": adversarial, "robust": robust, "fooled_by": fooled_by}
+    partial = partial or {}
+    arrays.update({PARTIAL + name: value for name, value in partial.items() if isinstance(value, np.ndarray)})
+    values = {name: value for name, value in partial.items() if not isinstance(value, np.ndarray)}
     state = json.dumps({"key": key, "next_member": next_member, "members": members, "seconds": seconds,
-                        "arrays": _digest(arrays)})
+                        "partial": values if partial else None, "arrays": _digest(arrays)})
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as file:
         np.savez(file, **arrays, state=np.array(state))
 
 
 def _load_progress(path, key: str):
-    """`(next_member, adversarial, robust, fooled_by, members, seconds)` saved for `key` in `path`, or None: no file,
-    another run's, or one that cannot be read or was edited (the run then starts over and replaces it)."""
+    """`(next_member, adversarial, robust, fooled_by, members, seconds, partial)` saved for `key` in `path`, or None:
+    no file, another run's, or one that cannot be read or was edited (the run then starts over and replaces it)."""
     try:
         with np.load(path, allow_pickle=False) as saved:
             state = json.loads(str(saved["state"]))
-            arrays = {name: saved[name] for name in ("adversarial", "robust", "fooled_by")}
+            arrays = {name: saved[name] for name in saved.files if name != "state"}
         if state["key"] != key or state["arrays"] != _digest(arrays):
             return None
+        partial = None if state.get("partial") is None else {
+            **state["partial"], **{name[len(PARTIAL):]: value for name, value in arrays.items()
+                                   if name.startswith(PARTIAL)}}
         return (int(state["next_member"]), arrays["adversarial"], arrays["robust"], arrays["fooled_by"],
-                state["members"], float(state["seconds"]))
+                state["members"], float(state["seconds"]), partial)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -153,6 +189,15 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
         digest.update(f"{name}{array.shape}{array.dtype.str}".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+def _targets_done(images: np.ndarray, progress: MemberProgress) -> tuple[int, np.ndarray, np.ndarray]:
+    """Where a targeted member (APGD-T, FAB-T) starts: `(rank of the next target, adversarial images so far, which
+    images are left)`, from its saved state or afresh (the runner-up class, the clean images, all of them)."""
+    if progress.saved is None:
+        return 2, images.copy(), np.ones(len(images), dtype=bool)
+    saved = progress.saved
+    return int(saved["next_rank"]), np.array(saved["adversarial"]), np.array(saved["left"])
 
 
 def _targets(classifier, images: np.ndarray, rank: int) -> np.ndarray:
@@ -168,7 +213,7 @@ def _apgd_ce(classifier, params: AttackParams) -> Member:
         scores, gradient = both(images, labels)
         return softmax_cross_entropy(labels, scores), scores.argmax(axis=1) != labels.argmax(axis=1), gradient
 
-    def run(images, labels, rng):
+    def run(images, labels, rng, progress):  # one APGD run, a few minutes: kept whole
         return apgd(probe, images, labels, eps=params.eps, norm=params.norm, steps=params.steps, rng=rng,
                     batch_size=params.batch_size)
     return "apgd-ce", f"{params.steps} iterations, 1 restart", run
@@ -187,11 +232,10 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
         scores, gradient = scores_and_dlr_gradient(images, both)
         return targeted_dlr(both, scores), scores.argmax(axis=1) != both[:, :num_classes].argmax(axis=1), gradient
 
-    def run(images, labels, rng):
-        adversarial = images.copy()
-        left = np.ones(len(images), dtype=bool)
+    def run(images, labels, rng, progress):
         seeds = rng.integers(2 ** 32, size=TARGETS)  # one generator per target: draws do not depend on what is left
-        for rank in range(2, TARGETS + 2):
+        first, adversarial, left = _targets_done(images, progress)
+        for rank in range(first, TARGETS + 2):
             rows = np.flatnonzero(left)
             if not len(rows):
                 break
@@ -202,6 +246,7 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
             won = fooled(found, labels[rows])
             adversarial[rows] = found
             left[rows[won]] = False
+            progress.save({"next_rank": rank + 1, "adversarial": adversarial, "left": left})
         return adversarial
     return "apgd-t", f"{params.steps} iterations for each of {TARGETS} targets", run
 
@@ -218,12 +263,11 @@ def _fab_t(classifier, params: AttackParams) -> Member:
     def boundary_gradient(images, y, target):
         return scores_and_gap_gradient(images, np.concatenate([eye[y], eye[target]], axis=1))[1]
 
-    def run(images, labels, rng):
+    def run(images, labels, rng, progress):
         y = labels.argmax(axis=1)
-        adversarial = images.copy()
-        left = np.ones(len(images), dtype=bool)
         seeds = rng.integers(2 ** 32, size=TARGETS)
-        for rank in range(2, TARGETS + 2):
+        first, adversarial, left = _targets_done(images, progress)
+        for rank in range(first, TARGETS + 2):
             rows = np.flatnonzero(left)
             if not len(rows):
                 break
@@ -234,6 +278,7 @@ def _fab_t(classifier, params: AttackParams) -> Member:
             won = classifier.predict(found).argmax(axis=1) != y[rows]
             adversarial[rows[won]] = found[won]
             left[rows[won]] = False
+            progress.save({"next_rank": rank + 1, "adversarial": adversarial, "left": left})
         return adversarial
     return "fab-t", f"{params.steps} iterations, {FAB_RESTARTS} restart, {TARGETS} targets", run
 
@@ -242,9 +287,10 @@ def _square(classifier, params: AttackParams) -> Member:
     queries = int(params.options["queries"])
     budget = f"{queries} queries, p_init {SQUARE_P_INIT}, 1 restart"
     if params.norm == "inf":
-        def run(images, labels, rng):
+        def run(images, labels, rng, progress):
             found, _ = square_linf(classifier.predict, images, labels.argmax(axis=1), eps=params.eps,
-                                   queries=queries, p_init=SQUARE_P_INIT, rng=rng)
+                                   queries=queries, p_init=SQUARE_P_INIT, rng=rng, state=progress.saved,
+                                   on_state=progress.save)
             return found
         return "square", budget, run
 
@@ -252,7 +298,7 @@ def _square(classifier, params: AttackParams) -> Member:
     attack = SquareAttack(classifier, norm=2, eps=params.eps, max_iter=queries, p_init=SQUARE_P_INIT,
                           nb_restarts=1, batch_size=params.batch_size, verbose=False)
 
-    def run_art(images, labels, rng):
+    def run_art(images, labels, rng, progress):
         # ART's Square draws its squares from numpy's global generator: seeded from `rng`, restored afterwards.
         state = np.random.get_state()
         np.random.seed(int(rng.integers(2 ** 31)))

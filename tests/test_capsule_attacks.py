@@ -162,6 +162,61 @@ def test_a_stopped_autoattack_continues_from_its_last_finished_member(tmp_path):
     assert ran == ["apgd-ce"]
 
 
+@pytest.mark.parametrize("member", ["fab-t", "square"])
+def test_a_member_stopped_part_way_continues_from_its_own_last_state(tmp_path, monkeypatch, member):
+    """FAB-T and Square take most of a standard AutoAttack cell's hours: killed part-way through one (here right after
+    it saved a state: after its first target, or after some queries), the cell continues inside that member."""
+    import attacks.autoattack
+    import attacks.square
+    from attacks.autoattack import MemberProgress
+
+    monkeypatch.setattr(attacks.square, "STATE_EVERY", 2)
+    # The member's units of work, counted: FAB-T's targets, Square's forward passes.
+    work = []
+    fab, square = attacks.autoattack.fab_targeted, attacks.autoattack.square_linf
+    monkeypatch.setattr(attacks.autoattack, "fab_targeted", lambda *a, **k: work.append("fab-t") or fab(*a, **k))
+    monkeypatch.setattr(attacks.autoattack, "square_linf", lambda scores, *a, **k: square(
+        lambda images: work.append("square") or scores(images), *a, **k))
+    classifier = to_art_classifier(create_model("cnn-small"))  # untrained: what is tested is the bookkeeping
+    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    labels = classifier.predict(images).argmax(axis=1)
+
+    def ensemble():
+        return create_attack("autoattack", classifier, 0.002, seed=0, steps=2, options={"queries": 5})
+
+    whole = ensemble()
+    expected = whole.generate(images, labels)
+    assert whole.last_run["members"][member]["ran"]
+    whole_work, work[:] = work.count(member), []
+
+    class Killed(Exception):
+        pass
+
+    class KilledAfterSaving(MemberProgress):
+        def __init__(self, progress):
+            super().__init__(progress.saved, progress.save)
+
+        def save(self, state):
+            super().save(state)
+            raise Killed
+
+    progress = tmp_path / "progress.npz"
+    stopped = ensemble()
+    index = [name for name, _, _ in stopped.members].index(member)
+    name, budget, run = stopped.members[index]
+    stopped.members[index] = (name, budget, lambda *a, run=run: run(*a[:3], KilledAfterSaving(a[3])))
+    with pytest.raises(Killed):
+        stopped.generate(images, labels, progress_file=progress)
+    stopped_work, work[:] = work.count(member), []
+    assert 0 < stopped_work < whole_work
+
+    again = ensemble()
+    np.testing.assert_array_equal(again.generate(images, labels, progress_file=progress), expected)
+    assert work.count(member) == whole_work - stopped_work, "work done before the stop was done again"
+    assert again.last_run == whole.last_run
+    np.testing.assert_array_equal(again.fooled_by, whole.fooled_by)
+
+
 def test_a_sweep_keeps_autoattacks_progress_in_its_directory_until_the_cell_is_recorded(tmp_path):
     model = create_model("cnn-small")  # untrained: what is tested is where the progress goes
     images = np.random.default_rng(1).random((3, 28, 28, 1), dtype=np.float32)

@@ -63,6 +63,24 @@ def test_a_larger_budget_fools_at_least_as_many_and_only_lowers_margins(linear_p
     assert np.sum(long_margin <= 0) > np.sum(short_margin <= 0)
 
 
+def test_a_search_continued_from_a_saved_state_returns_what_the_whole_search_does(linear_problem, monkeypatch):
+    import copy
+
+    import attacks.square
+
+    monkeypatch.setattr(attacks.square, "STATE_EVERY", 40)
+    model, x, labels = linear_problem
+    states = []
+    whole = square_linf(model, x, labels, eps=0.05, queries=300, p_init=0.8, rng=np.random.default_rng(0),
+                        on_state=lambda state: states.append(copy.deepcopy(state)))
+    assert [state["iteration"] for state in states] == [40, 80, 120, 160, 200, 240, 280]
+    # As a stopped process would find it: a new generator, and the state saved at iteration 120 (after a halving).
+    continued = square_linf(model, x, labels, eps=0.05, queries=300, p_init=0.8, rng=np.random.default_rng(7),
+                            state=states[2])
+    for a, b in zip(whole, continued, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_agrees_with_torchattacks(torch_cnn, mnist_subset):
     """torchattacks' Square (a port of the reference) with standard AutoAttack's schedule and ours, on the same model
