@@ -101,10 +101,11 @@ def test_em_routing_matches_the_plain_reference(case, iterations, normalize_cost
 
 # Under another backend the EM kernel's written-out gradient runs that backend's automatic differentiation
 # (`capsrobust.ops.vjp`) on its recomputed small tensors: the script compares it with the plain reference's
-# gradient, both through `vjp`, in float64.
+# gradient, both through `vjp`, in float64 (under JAX compiled whole with `jax.jit`, as the trainer runs it).
 EM_GRADIENT_UNDER_BACKEND = """
 import os
 os.environ["JAX_ENABLE_X64"] = "1"  # JAX computes in float32 unless told
+import keras
 import numpy as np
 from keras import ops
 from capsrobust.em_routing import em_routing
@@ -115,6 +116,11 @@ from capsrobust.routing_reference import plain_em_routing
 layer = ConvMatrixCapsules(3, kernel=3, strides=1)
 layer.build(((None, 5, 5, 2, 16), (None, 5, 5, 2)))
 rng = np.random.default_rng(0)
+if keras.backend.backend() == "jax":  # one XLA compilation per case and kernel, not one per operation (a minute)
+    import jax
+    compiled = jax.jit
+else:
+    compiled = lambda function: function
 cases = {"convolutional": (rng.normal(size=(2, 9, 18, 3, 16)), rng.uniform(0.05, 0.95, size=(2, 9, 18)),
                            {"child_ids": layer.child_ids, "num_children": layer.num_children}),
          "class": (rng.normal(size=(2, 1, 20, 4, 16)), rng.uniform(0.05, 0.95, size=(2, 1, 20)), {})}
@@ -128,9 +134,10 @@ for name, (votes, activations, layout) in cases.items():
         def flat(*args, kernel=kernel):
             outputs = kernel(*args, 3, (0.5, 1.0), normalize_cost=True, **layout)
             return ops.concatenate([ops.reshape(o, (-1,)) for o in outputs]), None
-        output = flat(*inputs)[0]
+        output = compiled(lambda *a, flat=flat: flat(*a)[0])(*inputs)
         cotangent = ops.convert_to_tensor(np.random.default_rng(1).normal(size=output.shape))
-        results.append([ops.convert_to_numpy(t) for t in [output, *vjp(flat, inputs, cotangent)[0]]])
+        gradients = compiled(lambda *a, flat=flat: vjp(flat, list(a), cotangent)[0])(*inputs)
+        results.append([ops.convert_to_numpy(t) for t in [output, *gradients]])
     for fast, reference in zip(*results):
         assert reference.dtype == np.float64 and np.abs(reference).max() > 0
         worst = max(worst, float(np.abs(fast - reference).max() / np.abs(reference).max()))
