@@ -76,7 +76,7 @@ class AutoAttackEnsemble(Attack):
     """
 
     loss_description = "members"
-    resumable = True  # a standard AutoAttack cell can take hours on a CPU: each finished member is kept
+    resumable = True  # a standard AutoAttack cell can take hours on a CPU: its progress is kept (`generate`)
 
     def __init__(self, classifier, params: AttackParams, members: list[Member]):
         super().__init__(classifier, params)

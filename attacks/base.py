@@ -120,8 +120,8 @@ class Attack(EvasionAttack):
     attack_params = EvasionAttack.attack_params
     _estimator_requirements = ()
     loss_description = "loss"  # what the record says the attack climbed; subclasses name theirs
-    # Whether `generate` takes `progress_file`: it saves its state there after each part, and a run stopped half-way
-    # and started again on the same inputs continues from the last finished part.
+    # Whether `generate` takes `progress_file`: it saves its state there as it goes, and a run stopped half-way and
+    # started again on the same inputs continues from the last state saved.
     resumable = False
 
     def __init__(self, classifier, params: AttackParams):
