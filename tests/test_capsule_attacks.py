@@ -114,15 +114,22 @@ def test_autoattack_says_which_members_ran(capsule):
     assert "square (20 queries, p_init 0.8, 1 restart)" in attack.record()["members"]
 
 
-def test_a_stopped_autoattack_continues_from_its_last_finished_member(tmp_path):
-    """A standard AutoAttack cell takes hours on a CPU: stopped during a member and run again on the same inputs, the
-    ensemble continues after the last finished member and returns what an uninterrupted run returns."""
-    classifier = to_art_classifier(create_model("cnn-small"))  # untrained: what is tested is the bookkeeping
+def _small_autoattack():
+    """`(images, labels, ensemble)`: 4 random images an untrained cnn-small classifies as `labels`, and a factory of
+    standard AutoAttack ensembles on it with tiny budgets, for the bookkeeping of stopped and continued runs."""
+    classifier = to_art_classifier(create_model("cnn-small"))
     images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
     labels = classifier.predict(images).argmax(axis=1)  # every image "correct" at first
 
     def ensemble():
         return create_attack("autoattack", classifier, 0.002, seed=0, steps=2, options={"queries": 5})
+    return images, labels, ensemble
+
+
+def test_a_stopped_autoattack_continues_from_its_last_finished_member(tmp_path):
+    """A standard AutoAttack cell takes hours on a CPU: stopped during a member and run again on the same inputs, the
+    ensemble continues after the last finished member and returns what an uninterrupted run returns."""
+    images, labels, ensemble = _small_autoattack()
 
     whole = ensemble()
     expected = whole.generate(images, labels)
@@ -177,12 +184,7 @@ def test_a_member_stopped_part_way_continues_from_its_own_last_state(tmp_path, m
     monkeypatch.setattr(attacks.autoattack, "fab_targeted", lambda *a, **k: work.append("fab-t") or fab(*a, **k))
     monkeypatch.setattr(attacks.autoattack, "square_linf", lambda scores, *a, **k: square(
         lambda images: work.append("square") or scores(images), *a, **k))
-    classifier = to_art_classifier(create_model("cnn-small"))  # untrained: what is tested is the bookkeeping
-    images = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
-    labels = classifier.predict(images).argmax(axis=1)
-
-    def ensemble():
-        return create_attack("autoattack", classifier, 0.002, seed=0, steps=2, options={"queries": 5})
+    images, labels, ensemble = _small_autoattack()
 
     whole = ensemble()
     expected = whole.generate(images, labels)
