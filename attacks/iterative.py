@@ -17,6 +17,7 @@ objectives with the same loop. As in CleverHans v4 the loop is a plain function 
 `last_run` says which loss and restart fooled how many images, which the sweep's trust checks read.
 """
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -83,40 +84,69 @@ def projected_gradient_ascent(gradient: Gradient, x: np.ndarray, y: np.ndarray, 
         done: `(adversarial images, labels) -> (batch,)` booleans, or None. An image it marks stops moving, so
             the first iterate that succeeded is the one returned.
         probe: instead of `gradient` and `done` when `steps > 1`, both from one pass at each iterate (`Probe`): the
-            pass that tests an iterate also gives the gradient of the next step (the last one's goes unused).
+            pass that tests an iterate also gives the gradient of the next step; the last iterate, whose gradient
+            nothing would use, is tested by `done` alone.
 
     Returns:
         Adversarial images `(num_images, height, width, channels)` float32, within eps of `x` and in [0, 1].
     """
+    return ascend(gradient, x, y, eps=eps, norm=norm, step_size=step_size, steps=steps, start=start,
+                  batch_size=batch_size, done=done, probe=probe)[0]
+
+
+def ascend(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm: str, step_size: float, steps: int,
+           start: np.ndarray | None = None, batch_size: int = 128, done: Success | None = None,
+           probe: Probe | None = None, finished: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`projected_gradient_ascent`, also returning what it learnt of each image's success: no pass is spent twice.
+
+    Args:
+        finished: `done` of the start `(num_images,)` where the caller knows it already (None: tested here).
+        (the rest as `projected_gradient_ascent`)
+
+    Returns:
+        `(adversarial images, success)`: `success` `(num_images,)` is `done` (or the probe's test) of each returned
+        image; None when neither tested anything.
+    """
     adversarial = (x if start is None else start).astype(np.float32, copy=True)
+    probed = probe is not None and steps > 1  # for one step, a gradient and a prediction cost less than two probes
+    success = np.zeros(len(x), dtype=bool) if done is not None or probed else None
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
         x_batch, y_batch, adv = x[rows], y[rows], adversarial[rows]
-        if probe is not None and steps > 1:  # for one step, a gradient and two predictions cost less than two probes
-            adversarial[rows] = _probed_ascent(probe, x_batch, y_batch, adv, eps, norm, step_size, steps)
+        if probed:
+            adversarial[rows], success[rows] = _probed_ascent(probe, done, x_batch, y_batch, adv, eps, norm,
+                                                              step_size, steps)
             continue
-        active = np.ones(len(adv), dtype=bool) if done is None else ~done(adv, y_batch)
+        if done is None:
+            for _ in range(steps):
+                adv = project(adv + step_size * steepest_step(gradient(adv, y_batch), norm), x_batch, eps, norm)
+            adversarial[rows] = adv
+            continue
+        known = None if finished is None else finished[rows]
+        active = ~(done(adv, y_batch) if known is None else known)
         for _ in range(steps):
             if not active.any():
                 break
             step = steepest_step(gradient(adv[active], y_batch[active]), norm)
             adv[active] = project(adv[active] + step_size * step, x_batch[active], eps, norm)
-            if done is not None:
-                active[active] = ~done(adv[active], y_batch[active])
-        adversarial[rows] = adv
-    return adversarial
+            active[active] = ~done(adv[active], y_batch[active])
+        adversarial[rows], success[rows] = adv, ~active
+    return adversarial, success
 
 
-def _probed_ascent(probe: Probe, x, y, adv, eps, norm, step_size, steps) -> np.ndarray:
+def _probed_ascent(probe: Probe, done: Success | None, x, y, adv, eps, norm, step_size, steps):
     gradient, finished = probe(adv, y)
     active = ~finished
-    for _ in range(steps):
+    for step in range(steps):
         if not active.any():
             break
         adv[active] = project(adv[active] + step_size * steepest_step(gradient[active], norm), x[active], eps, norm)
-        gradient[active], finished = probe(adv[active], y[active])
-        active[active] = ~finished
-    return adv
+        if step == steps - 1 and done is not None:
+            active[active] = ~done(adv[active], y[active])
+        else:
+            gradient[active], finished = probe(adv[active], y[active])
+            active[active] = ~finished
+    return adv, ~active
 
 
 def loss_chain(loss_name: str) -> tuple[str, ...]:
@@ -149,8 +179,9 @@ class ObjectiveAttack(Attack):
         super().__init__(classifier, params)
         self.losses = loss_chain(classifier.loss_name)
         self.loss_description = "+".join(self.losses)
-        self._gradient_for = gradient_for
-        self._probe_for = probe_for if stop_early else None
+        # Built once per loss and kept: each is a compiled function, whose tracing costs a third of an FGSM call.
+        self._gradient_for = functools.cache(gradient_for)
+        self._probe_for = functools.cache(probe_for) if probe_for and stop_early else None
         self._success = success or misclassified_by(classifier, params.targeted)
         self._stop_early = stop_early
 
@@ -179,11 +210,14 @@ class ObjectiveAttack(Attack):
                     break
                 rng = self.rng(self.losses.index(loss), restart)
                 start = random_start(images[rows], p.eps, p.norm, rng) if p.random_start else None
-                moved = projected_gradient_ascent(
+                # From the clean images, which `left` says have not succeeded, no pass need test the start again.
+                moved, won = ascend(
                     gradient, images[rows], one_hot[rows], eps=p.eps, norm=p.norm, step_size=p.step_size,
                     steps=p.steps, start=start, batch_size=p.batch_size,
-                    done=self._success if self._stop_early else None, probe=probe)
-                won = self._success(moved, one_hot[rows])
+                    done=self._success if self._stop_early else None, probe=probe,
+                    finished=None if start is not None else np.zeros(len(rows), dtype=bool))
+                if won is None:
+                    won = self._success(moved, one_hot[rows])
                 adversarial[rows] = moved
                 left[rows[won]] = False
                 fooled_by[rows[won]] = self.losses.index(loss)

@@ -9,6 +9,7 @@ import pytest
 from art.attacks.evasion import ProjectedGradientDescent
 
 from attacks import attack_defaults, create_attack, validate_inputs
+from attacks import iterative
 from attacks.iterative import projected_gradient_ascent
 from capsrobust.art_bridge import to_art_classifier, with_loss
 from capsrobust.errors import ConfigError
@@ -239,6 +240,39 @@ def test_one_pass_per_step_takes_the_steps_of_a_gradient_and_a_prediction(classi
     assert 0 < attack.last_run["survived"] < len(images), "eps chosen so that some images fall and some do not"
     same = np.isclose(one_pass, per_step, atol=1e-6)
     assert same.mean() >= 0.999, f"{1 - same.mean():.4%} of pixels differ"  # float rounding flips a rare sign
+
+
+@pytest.mark.parametrize("method, steps", [("fgsm", None), ("bim", 6)])
+def test_no_pass_is_spent_twice_and_a_second_call_compiles_nothing(classifiers, clean, monkeypatch, method, steps):
+    """The clean images are tested once: the loop starts from them knowing that none has succeeded, and its test of
+    the last iterate is the verdict. FGSM: that test, a gradient, a test of the stepped images. BIM: a probe per step
+    but the last, whose gradient nothing would use (a test alone). Calls, not images, are counted."""
+    built = []
+    with_loss_itself = iterative.with_loss
+    monkeypatch.setattr(iterative, "with_loss", lambda bridge, loss: built.append(loss) or with_loss_itself(bridge, loss))
+    images, labels = clean["cnn"]
+    attack = create_attack(method, with_loss(classifiers["cnn"], "ce"), eps=0.03, steps=steps, seed=0)
+    attack.generate(images, labels)
+    compiled = len(built)
+    calls = {"test": 0, "gradient": 0, "probe": 0}
+
+    def counted(kind, function):
+        def run(*args):
+            calls[kind] += 1
+            return function(*args)
+        return run
+    success, gradient_for, probe_for = attack._success, attack._gradient_for, attack._probe_for
+    attack._success = counted("test", success)
+    attack._gradient_for = lambda loss: counted("gradient", gradient_for(loss))
+    attack._probe_for = lambda loss: counted("probe", probe_for(loss))
+    attack.generate(images, labels)
+
+    assert len(built) == compiled, "a second generate built its compiled functions again"
+    assert 0 < attack.last_run["survived"] < len(images), "eps chosen so that some images fall and some do not"
+    if method == "fgsm":
+        assert calls == {"test": 2, "gradient": 1, "probe": 0}
+    else:
+        assert calls == {"test": 2, "gradient": 0, "probe": steps}
 
 
 def test_an_image_keeps_its_first_successful_iterate():

@@ -33,6 +33,8 @@ def capsule(trained_small_models, mnist_subset):
 
 
 def _budget(method: str) -> dict:
+    if method == "vote-da":  # only the ball and the box are checked on it: 10 of its 100 steps (15 s) show them
+        return {"steps": 10}
     return {"steps": APGD_STEPS, "options": {"queries": QUERIES}} if method == "autoattack" else {}
 
 
