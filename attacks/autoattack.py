@@ -207,7 +207,8 @@ def _targets(classifier, images: np.ndarray, rank: int) -> np.ndarray:
 
 def _apgd_ce(classifier, params: AttackParams) -> Member:
     model = classifier.source_model
-    both = scores_and_gradient(model, softmax_cross_entropy, model.num_classes, params.batch_size)
+    both = classifier.compiled(("apgd-ce", params.batch_size), lambda: scores_and_gradient(
+        model, softmax_cross_entropy, model.num_classes, params.batch_size))
 
     def probe(images, labels):
         scores, gradient = both(images, labels)
@@ -225,7 +226,8 @@ def _apgd_t(classifier, params: AttackParams) -> Member:
 
     def targeted_dlr(both, scores):  # the labels are [true one-hot, target one-hot] side by side
         return targeted_difference_of_logits_ratio(both[:, :num_classes], both[:, num_classes:], scores)
-    scores_and_dlr_gradient = scores_and_gradient(model, targeted_dlr, 2 * num_classes, params.batch_size)
+    scores_and_dlr_gradient = classifier.compiled(("apgd-t", params.batch_size), lambda: scores_and_gradient(
+        model, targeted_dlr, 2 * num_classes, params.batch_size))
     fooled = misclassified_by(classifier, targeted=False)
 
     def probe(images, both):
@@ -258,7 +260,8 @@ def _fab_t(classifier, params: AttackParams) -> Member:
 
     def score_gap(both, scores):  # f_t - f_y, the function whose zero set FAB linearises; labels [true | target]
         return ops.sum(scores * (both[:, num_classes:] - both[:, :num_classes]), axis=-1)
-    scores_and_gap_gradient = scores_and_gradient(model, score_gap, 2 * num_classes, params.batch_size)
+    scores_and_gap_gradient = classifier.compiled(("fab-t", params.batch_size), lambda: scores_and_gradient(
+        model, score_gap, 2 * num_classes, params.batch_size))
 
     def boundary_gradient(images, y, target):
         return scores_and_gap_gradient(images, np.concatenate([eye[y], eye[target]], axis=1))[1]

@@ -85,7 +85,9 @@ class ReconstructionAwareBIM(ObjectiveAttack):
         weight = float(params.options["detector_penalty"])
 
         def gradient_for(loss: str):
-            objective = rbim_objective(model, attack_loss(model, loss), weight, params.targeted)
-            return input_gradient(objective, model.image_shape, model.num_classes)
+            def build():
+                objective = rbim_objective(model, attack_loss(model, loss), weight, params.targeted)
+                return input_gradient(objective, model.image_shape, model.num_classes)
+            return classifier.compiled(("rbim", loss, weight, params.targeted), build)
 
         super().__init__(classifier, params, gradient_for, **detection_aware(classifier, params))

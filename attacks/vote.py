@@ -61,8 +61,10 @@ class VoteAttack(ObjectiveAttack):
         weight = float(params.options.get("detector_penalty", 0.0))
 
         def gradient_for(loss: str):
-            objective = vote_objective(model, attack_loss(model, loss), weight, params.targeted)
-            return input_gradient(objective, model.image_shape, model.num_classes)
+            def build():
+                objective = vote_objective(model, attack_loss(model, loss), weight, params.targeted)
+                return input_gradient(objective, model.image_shape, model.num_classes)
+            return classifier.compiled(("vote", loss, weight, params.targeted), build)
 
         super().__init__(classifier, params, gradient_for,
                          **(detection_aware(classifier, params) if weight else {}))

@@ -42,6 +42,17 @@ class BatchedBridge:
     batch_size: int
     nb_classes: int
 
+    def compiled(self, key: tuple, build: Callable[[], object]) -> object:
+        """`build()`, made once per `key` on this bridge and kept: the compiled functions attacks make (gradients
+        of their objectives) outlive each attack, so the cells of a sweep on one model trace them once, not per cell.
+
+        `key` must name everything `build` depends on besides this bridge (the attack, its loss, its settings).
+        """
+        made = self.__dict__.setdefault("_compiled_by_key", {})
+        if key not in made:
+            made[key] = build()
+        return made[key]
+
     # The per-batch passes, on float32 numpy arrays of at most `batch_size` images.
     def _batch_scores(self, images: np.ndarray, training: bool) -> np.ndarray:
         """`(b, num_classes)` scores."""
