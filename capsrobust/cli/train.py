@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import shlex
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capsrobust.cli.args import (RECON_WEIGHT_GONE, add_data_args, add_removed_flag, add_store_arg, config_item,
@@ -179,6 +180,9 @@ def resume_training(store: "ModelStore", dataset_name: str, run: str = "latest",
                          f"this run cannot be resumed") from None
     err_console.print(f"resuming run {run_dir.name}")
     data = spec["data"]
+    recorded = Path(spec.get("dataset", {}).get("source") or "")
+    if data_dir is None and recorded.is_absolute() and recorded.is_dir():
+        data_dir = str(recorded)  # the directory the run read its images from: a resume reads the same ones
     dataset = load_dataset(spec.get("dataset", {}).get("name", dataset_name), data_dir=data_dir,
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     return _train_and_publish(store, run_dir, spec, dataset, settings, quiet)

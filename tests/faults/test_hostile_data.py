@@ -6,6 +6,7 @@ naming the file and what is wrong, and nothing written to the store.
 """
 
 import gzip
+import json
 import os
 import shutil
 from pathlib import Path
@@ -151,3 +152,25 @@ def test_a_clean_copy_of_the_fake_data_trains(clean_mnist, monkeypatch, cli):
     assert status == 0, err
     (entry,) = ModelStore(os.environ["CAPSROBUST_HOME"]).entries()
     assert not entry.problem and entry.card["dataset"]["train"] == 110
+
+
+def test_a_resume_reads_the_data_directory_its_run_was_trained_on(clean_mnist, monkeypatch, cli, tmp_path):
+    """`--resume` without `--data-dir` reads the images from where the run read them (its run record), not from the
+    cache, which holds none here: offline, it failed with "no MNIST files found"."""
+    monkeypatch.setitem(datasets.SHA256, "mnist", {n: sha256_file(clean_mnist / n) for n in datasets.FILES})
+    store = tmp_path / "store"
+    status, _, err = cli("train", "mnist", "--data-dir", clean_mnist.parent, "--model", "cnn-small", "--epochs", "1",
+                         "--store", store, "--quiet")
+    assert status == 0, err
+    (run_dir,) = (store / "runs").iterdir()  # made unfinished, as a run stopped after its first epoch of two
+    spec = json.loads((run_dir / "run.json").read_text())
+    spec.pop("published")
+    (run_dir / "run.json").write_text(json.dumps(spec))
+    state = json.loads((run_dir / "state.json").read_text())
+    (run_dir / "state.json").write_text(json.dumps({**state, "finished": False}))
+    shutil.rmtree(store / "models")
+
+    status, _, err = cli("train", "mnist", "--resume", run_dir.name, "--epochs", "2", "--store", store, "--quiet")
+    assert status == 0, err
+    (entry,) = ModelStore(store).entries()
+    assert entry.card["dataset"]["source"] == str(clean_mnist) and entry.card["training"]["epochs_completed"] == 2
