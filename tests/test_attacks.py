@@ -8,8 +8,7 @@ import pytest
 
 from art.attacks.evasion import ProjectedGradientDescent
 
-from attacks import attack_defaults, create_attack, validate_inputs
-from attacks import iterative
+from attacks import attack_defaults, create_attack, iterative, validate_inputs
 from attacks.iterative import projected_gradient_ascent
 from capsrobust.art_bridge import to_art_classifier, with_loss
 from capsrobust.errors import ConfigError
