@@ -117,19 +117,19 @@ def ascend(gradient: Gradient, x: np.ndarray, y: np.ndarray, *, eps: float, norm
                                                               step_size, steps)
             continue
         if done is None:
-            for _ in range(steps):
-                adv = project(adv + step_size * steepest_step(gradient(adv, y_batch), norm), x_batch, eps, norm)
-            adversarial[rows] = adv
-            continue
-        known = None if finished is None else finished[rows]
-        active = ~(done(adv, y_batch) if known is None else known)
+            active = np.ones(len(adv), dtype=bool)
+        else:
+            active = ~(done(adv, y_batch) if finished is None else finished[rows])
         for _ in range(steps):
             if not active.any():
                 break
             step = steepest_step(gradient(adv[active], y_batch[active]), norm)
             adv[active] = project(adv[active] + step_size * step, x_batch[active], eps, norm)
-            active[active] = ~done(adv[active], y_batch[active])
-        adversarial[rows], success[rows] = adv, ~active
+            if done is not None:
+                active[active] = ~done(adv[active], y_batch[active])
+        adversarial[rows] = adv
+        if success is not None:
+            success[rows] = ~active
     return adversarial, success
 
 

@@ -179,11 +179,11 @@ def resume_training(store: "ModelStore", dataset_name: str, run: str = "latest",
         raise StoreError(f"{run_dir / 'run.json'}: unusable training settings ({error}); "
                          f"this run cannot be resumed") from None
     err_console.print(f"resuming run {run_dir.name}")
-    data = spec["data"]
-    recorded = Path(spec.get("dataset", {}).get("source") or "")
-    if data_dir is None and recorded.is_absolute() and recorded.is_dir():
-        data_dir = str(recorded)  # the directory the run read its images from: a resume reads the same ones
-    dataset = load_dataset(spec.get("dataset", {}).get("name", dataset_name), data_dir=data_dir,
+    data, recorded = spec["data"], spec.get("dataset", {})
+    source = Path(recorded.get("source") or "")
+    if data_dir is None and source.is_absolute() and source.is_dir():
+        data_dir = str(source)  # the directory the run read its images from: a resume reads the same ones
+    dataset = load_dataset(recorded.get("name", dataset_name), data_dir=data_dir,
                            subset=data["subset"], val_size=data["val_size"], limit=data["limit"])
     return _train_and_publish(store, run_dir, spec, dataset, settings, quiet)
 
