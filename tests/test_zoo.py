@@ -8,6 +8,7 @@ import pytest
 
 from capsrobust.cards import build_card
 from capsrobust.cli import main, parse_args
+from capsrobust.cli.models import recipes_text
 from capsrobust.cli.train import settings_from_args
 from capsrobust.errors import StoreError
 from capsrobust.models import create_model, get_model_spec, model_config
@@ -108,13 +109,17 @@ def test_zoo_command_lists_what_ships_with_its_commands_and_add_refuses_unknown_
     assert "no store entry 'no-such-entry'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["capsnet-small", "efficient-capsnet", "cnn-matched"])
-def test_train_uses_the_models_recipe_where_no_flag_is_given(name):
-    recipe = get_model_spec(name).recipe
-    settings = settings_from_args(name, parse_args(["train", "mnist", "--model", name]))
+@pytest.mark.parametrize("name, dataset", [("capsnet-small", "mnist"), ("efficient-capsnet", "mnist"),
+                                           ("cnn-matched", "mnist"), ("capsnet-small", "fashion-mnist"),
+                                           ("cnn-small", "fashion-mnist"), ("efficient-capsnet", "fashion-mnist")])
+def test_train_uses_the_models_recipe_for_the_data_set_where_no_flag_is_given(name, dataset):
+    spec = get_model_spec(name)
+    recipe = spec.recipe_for(dataset)
+    assert (recipe is spec.recipe) == (dataset not in spec.dataset_recipes)
+    settings = settings_from_args(name, parse_args(["train", dataset, "--model", name]))
     assert (settings.epochs, settings.batch_size, settings.learning_rate, settings.lr_decay, settings.max_shift) == \
         (recipe.epochs, recipe.batch_size, recipe.learning_rate, recipe.lr_decay, recipe.max_shift)
-    flags = parse_args(["train", "mnist", "--model", name, "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
+    flags = parse_args(["train", dataset, "--model", name, "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
                         "--lr-decay", "0.5", "--shift", "0"])
     settings = settings_from_args(name, flags)
     assert (settings.epochs, settings.batch_size, settings.learning_rate, settings.lr_decay, settings.max_shift) == \
@@ -125,6 +130,13 @@ def test_models_command_shows_each_recipe(tmp_path, capsys):
     assert main(["models", "--store", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert get_model_spec("efficient-capsnet").recipe.summary() in out
+    # The small models' own recipe for Fashion-MNIST, below their MNIST one (the two families share both).
+    small = get_model_spec("capsnet-small")
+    assert small.recipe_for("fashion-mnist").summary() != small.recipe.summary()
+    fashion = small.recipe_for("fashion-mnist").summary()
+    assert recipes_text(small) == f"{small.recipe.summary()}\nfashion-mnist:\n{fashion}"
+    assert "fashion-mnist:" in out
+    assert all(get_model_spec(name).dataset_recipes == small.dataset_recipes for name in ("cnn-small", "cnn-recon"))
 
 
 # What ships ----------------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def run(args) -> int:
     # The zoo's models, found before training: a missing or damaged zoo fails now, in one line.
     zoo = [store.resolve(name, dataset="mnist", zoo_only=True) for name in ZOO_MODELS]
     console.rule(f"the trainer: {TRAINED_MODEL}, {args.epochs} epoch(s) on the bundled MNIST subset")
-    train_new(store, "mnist", TRAINED_MODEL, recipe_settings(TRAINED_MODEL, epochs=args.epochs), subset=True,
+    train_new(store, "mnist", TRAINED_MODEL, recipe_settings(TRAINED_MODEL, "mnist", epochs=args.epochs), subset=True,
               command=f"capsrobust train mnist --subset --model {TRAINED_MODEL} --epochs {args.epochs}")
     console.rule("the zoo's converged capsule network and CNN under FGSM, BIM and PGD")
     for entry in zoo:

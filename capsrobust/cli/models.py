@@ -11,6 +11,12 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def recipes_text(spec) -> str:
+    """A model's recipe, then each data set's own on lines of their own: "12 ep, ...\nfashion-mnist:\n10 ep, ..."."""
+    return "\n".join([spec.recipe.summary(), *(f"{dataset}:\n{recipe.summary()}"
+                                                for dataset, recipe in spec.dataset_recipes.items())])
+
+
 def run(args) -> int:
     from rich.markup import escape
     from rich.table import Table
@@ -25,7 +31,7 @@ def run(args) -> int:
         registry.add_column(column, justify="right" if column == "parameters" else "left")
     for name in list_models():
         spec = get_model_spec(name)
-        registry.add_row(name, spec.family, f"{create_model(name).count_params():,}", spec.recipe.summary(),
+        registry.add_row(name, spec.family, f"{create_model(name).count_params():,}", recipes_text(spec),
                          spec.description)
     console.print(registry)
 

@@ -188,17 +188,18 @@ def resume_training(store: "ModelStore", dataset_name: str, run: str = "latest",
     return _train_and_publish(store, run_dir, spec, dataset, settings, quiet)
 
 
-def recipe_settings(model_name: str, *, epochs: int | None = None, batch_size: int | None = None,
+def recipe_settings(model_name: str, dataset: str, *, epochs: int | None = None, batch_size: int | None = None,
                     learning_rate: float | None = None, lr_decay: float | None = None, max_shift: int | None = None,
                     adversarial: str | None = None, eps_warmup: int | None = None, **rest) -> "TrainSettings":
-    """The `TrainSettings` of a new run: each optimisation setting given, else the model's recipe; `rest` goes to
-    `TrainSettings` as it is (seed, strategy, eps, ...)."""
+    """The `TrainSettings` of a new run: each optimisation setting given, else the model's recipe for `dataset`;
+    `rest` goes to `TrainSettings` as it is (seed, strategy, eps, ...)."""
     from capsrobust.models import get_model_spec
     from capsrobust.training import TrainSettings
 
     given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "lr_decay": lr_decay,
              "max_shift": max_shift}
-    optimisation = {**get_model_spec(model_name).recipe.settings(), **{k: v for k, v in given.items() if v is not None}}
+    recipe = get_model_spec(model_name).recipe_for(dataset)
+    optimisation = {**recipe.settings(), **{k: v for k, v in given.items() if v is not None}}
     if adversarial and eps_warmup is None:
         from capsrobust.training.adversarial import DEFAULT_EPS_WARMUP
 
@@ -209,11 +210,11 @@ def recipe_settings(model_name: str, *, epochs: int | None = None, batch_size: i
 
 def settings_from_args(model_name: str, args: argparse.Namespace) -> "TrainSettings":
     """`recipe_settings` from the `train` command's flags."""
-    return recipe_settings(model_name, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                           lr_decay=args.lr_decay, max_shift=args.shift, adversarial=args.adversarial,
-                           eps_warmup=args.eps_warmup, seed=args.seed, early_stopping=args.early_stopping,
-                           strategy=args.strategy, devices=args.devices, eps=args.eps,
-                           attack_steps=args.attack_steps, beta=args.beta)
+    return recipe_settings(model_name, args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+                           learning_rate=args.lr, lr_decay=args.lr_decay, max_shift=args.shift,
+                           adversarial=args.adversarial, eps_warmup=args.eps_warmup, seed=args.seed,
+                           early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices,
+                           eps=args.eps, attack_steps=args.attack_steps, beta=args.beta)
 
 
 def _fit_config(model_name: str, overrides: dict, dataset) -> dict:

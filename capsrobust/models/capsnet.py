@@ -6,7 +6,8 @@ from keras import ops
 from capsrobust.layers import PrimaryCapsules, RoutingCapsules, capsule_lengths
 from capsrobust.losses import margin_loss
 from capsrobust.models.base import CapsrobustModel
-from capsrobust.models.registry import SMALL_MODELS_RECIPE, register_model, register_variant
+from capsrobust.models.registry import (SMALL_MODELS_FASHION_RECIPE, SMALL_MODELS_RECIPE, register_model,
+                                        register_variant)
 from capsrobust.ops import squash
 
 
@@ -64,4 +65,5 @@ def capsnet(image_shape=(28, 28, 1), num_classes=10, conv_channels=256, conv_ker
 register_variant("capsnet-small", base="capsnet",
                  description="CapsNet with 64 conv channels, 8x8D primary capsule types and a 256-512 decoder",
                  recipe=SMALL_MODELS_RECIPE,
+                 dataset_recipes={"fashion-mnist": SMALL_MODELS_FASHION_RECIPE},
                  conv_channels=64, primary_types=8, decoder_units=(256, 512))

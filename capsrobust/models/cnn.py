@@ -8,8 +8,8 @@ from keras import ops
 
 from capsrobust.losses import softmax_cross_entropy
 from capsrobust.models.base import CapsrobustModel
-from capsrobust.models.registry import (EFFICIENT_CAPSNET_RECIPE, SMALL_MODELS_RECIPE, register_model,
-                                        register_variant)
+from capsrobust.models.registry import (EFFICIENT_CAPSNET_RECIPE, SMALL_MODELS_FASHION_RECIPE, SMALL_MODELS_RECIPE,
+                                        register_model, register_variant)
 
 
 class ClassPoseLogits(keras.layers.Layer):
@@ -124,9 +124,11 @@ def cnn(image_shape=(28, 28, 1), num_classes=10, conv_channels=(256, 256, 128), 
 _SMALL = dict(conv_channels=(32, 64), pool=True, dense_units=(208,))
 
 register_variant("cnn-small", base="cnn-baseline", recipe=SMALL_MODELS_RECIPE,
+                 dataset_recipes={"fashion-mnist": SMALL_MODELS_FASHION_RECIPE},
                  description="small CNN (conv 32-64 5x5 with pooling, FC 208) with about capsnet-small's "
                              "parameter count without its decoder", **_SMALL)
 register_variant("cnn-recon", base="cnn-baseline", recipe=SMALL_MODELS_RECIPE,
+                 dataset_recipes={"fashion-mnist": SMALL_MODELS_FASHION_RECIPE},
                  description="cnn-small with a pose per class and capsnet-small's reconstruction decoder "
                              "(for reconstruction-error detection)",
                  **_SMALL, reconstruction=True, decoder_units=(256, 512))
