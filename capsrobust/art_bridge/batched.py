@@ -48,7 +48,7 @@ class BatchedBridge:
 
         `key` must name everything `build` depends on besides this bridge (the attack, its loss, its settings).
         """
-        made = self.__dict__.setdefault("_compiled_by_key", {})
+        made = vars(self).setdefault("_compiled_by_key", {})  # a mixin: the ART estimator's __init__ runs, not ours
         if key not in made:
             made[key] = build()
         return made[key]

@@ -1,6 +1,11 @@
 """`capsrobust models`: the model registry and the trained-model store."""
 
+from typing import TYPE_CHECKING
+
 from capsrobust.cli.args import add_store_arg
+
+if TYPE_CHECKING:
+    from capsrobust.models.registry import ModelSpec
 
 HELP = "list the registered models and the trained models in the store"
 
@@ -11,7 +16,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def recipes_text(spec) -> str:
+def recipes_text(spec: "ModelSpec") -> str:
     """A model's recipe, then each data set's own on lines of their own: "12 ep, ...\nfashion-mnist:\n10 ep, ..."."""
     return "\n".join([spec.recipe.summary(), *(f"{dataset}:\n{recipe.summary()}"
                                                 for dataset, recipe in spec.dataset_recipes.items())])

@@ -127,11 +127,10 @@ register_variant("cnn-small", base="cnn-baseline", recipe=SMALL_MODELS_RECIPE,
                  dataset_recipes={"fashion-mnist": SMALL_MODELS_FASHION_RECIPE},
                  description="small CNN (conv 32-64 5x5 with pooling, FC 208) with about capsnet-small's "
                              "parameter count without its decoder", **_SMALL)
-register_variant("cnn-recon", base="cnn-baseline", recipe=SMALL_MODELS_RECIPE,
-                 dataset_recipes={"fashion-mnist": SMALL_MODELS_FASHION_RECIPE},
+register_variant("cnn-recon", base="cnn-small",  # and so its recipes
                  description="cnn-small with a pose per class and capsnet-small's reconstruction decoder "
                              "(for reconstruction-error detection)",
-                 **_SMALL, reconstruction=True, decoder_units=(256, 512))
+                 reconstruction=True, decoder_units=(256, 512))
 
 # Efficient-CapsNet with its capsules replaced by dense layers: the same convolutions and batch norm, its primary
 # capsules' depthwise convolution (with a ReLU instead of the squash), then a 160-unit layer where the class capsules

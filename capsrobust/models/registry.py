@@ -78,7 +78,7 @@ class ModelSpec:
     recipe: Recipe = field(default_factory=Recipe)
     dataset_recipes: dict[str, Recipe] = field(default_factory=dict)  # the data sets that need another recipe
 
-    def recipe_for(self, dataset: str | None) -> Recipe:
+    def recipe_for(self, dataset: str) -> Recipe:
         """The recipe for `dataset` (e.g. "fashion-mnist"): its own where it has one, else the model's."""
         return self.dataset_recipes.get(dataset, self.recipe)
 
