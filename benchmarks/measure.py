@@ -99,19 +99,22 @@ def to_device(arrays: Sequence[np.ndarray]) -> list:
     return [keras.ops.convert_to_tensor(a) for a in arrays]
 
 
-def training_steps(name: str, dataset, batch_size: int, steps: int, threat=None) -> Callable[[], None]:
+def training_steps(name: str, dataset, batch_size: int, steps: int, threat=None,
+                   conv_dtype: str = "float32") -> Callable[[], None]:
     """`steps` optimizer steps of model `name` on shift-augmented batches, fed and compiled as the trainer does.
 
     The model is built with seed 0 and its first (compiling) step has run, so every call of the result is timed work.
     With `threat` (a `capsrobust.training.adversarial.ThreatModel`), each step is adversarial training's, the attack
-    made inside it, as the trainer sets it up.
+    made inside it, as the trainer sets it up; `conv_dtype` is the trainer's `--conv-dtype`.
     """
     from capsrobust.models import create_model
+    from capsrobust.models.precision import compute_convolutions_in
     from capsrobust.training import seed_everything
     from capsrobust.training.augment import ShiftedBatches
 
     seed_everything(0)
     model = create_model(name)
+    compute_convolutions_in(model, conv_dtype)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile="auto")
     batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, batch_size, max_shift=2, seed=0)
     if threat is not None:

@@ -77,12 +77,18 @@ def profile_table(entries: list[dict]) -> Table:
 
 
 def training_table(entries: list[dict]) -> Table:
-    table = Table(title="training throughput")
-    for column in ("model", "batch", "images/s", "median per round", "data"):
+    """Training images/s per model and run, convolutions in float32 beside bfloat16 (`--conv-dtype`) from the same
+    run; runs before `--conv-dtype` measured float32 only, as variant "fast"."""
+    table = Table(title="training throughput, images/s, convolutions in float32 and bfloat16")
+    for column in ("model", "batch", "float32", "bfloat16", "bfloat16 / float32", "data"):
         table.add_column(column, justify="left" if column in ("model", "data") else "right")
-    for entry in sorted(entries, key=lambda e: e["case"]):
-        table.add_row(entry["case"], str(entry["extra"].get("batch", "")), f"{entry['images_per_second']:,.1f}",
-                      _seconds(entry["median_s"]), str(entry["extra"].get("dataset", "")))
+    for (_, case), variants in _paired(entries):
+        full = variants.get("float32") or variants.get("fast") or {}
+        mixed = variants.get("bfloat16") or {}
+        some = full or mixed
+        speeds = [entry.get("images_per_second") for entry in (full, mixed)]
+        table.add_row(case, str(some["extra"].get("batch", "")), *(_rate(s) if s else "—" for s in speeds),
+                      _ratio(speeds[1], speeds[0]) if all(speeds) else "—", str(some["extra"].get("dataset", "")))
     return table
 
 

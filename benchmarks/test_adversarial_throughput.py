@@ -30,3 +30,16 @@ def test_adversarial_train_step_throughput(benchmark, record, benchmark_dataset,
     record("adversarial", name, label, images=STEPS * BATCH, batch=BATCH,
            dataset=benchmark_dataset.describe()["source"])
     assert np.isfinite(benchmark.stats.stats.median)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pgd_train_step_throughput_with_bfloat16_convolutions(benchmark, record, benchmark_dataset, name):
+    """PGD-7 training as above with `--conv-dtype bfloat16`: the attack's passes run the convolutions in it too."""
+    from capsrobust.training.adversarial import ThreatModel
+
+    threat = ThreatModel.create("pgd", eps=0.3)
+    run = training_steps(name, benchmark_dataset, BATCH, STEPS, threat=threat, conv_dtype="bfloat16")
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    record("adversarial", name, f"pgd-{threat.steps} bf16", images=STEPS * BATCH, batch=BATCH,
+           dataset=benchmark_dataset.describe()["source"])
+    assert np.isfinite(benchmark.stats.stats.median)

@@ -13,9 +13,10 @@ if TYPE_CHECKING:  # the parser is built without importing Keras
     from capsrobust.store import Entry, ModelStore
     from capsrobust.training import TrainSettings
 
-# `capsrobust.training.adversarial.METHODS`, written out so that building the parser imports no Keras (a test
-# checks the two agree).
+# `capsrobust.training.adversarial.METHODS` and `capsrobust.models.precision.CONV_DTYPES`, written out so that
+# building the parser imports no Keras (a test checks they agree).
 ADVERSARIAL_METHODS = ("pgd", "fgsm-rs", "trades")
+CONV_DTYPES = ("float32", "bfloat16")
 
 HELP = "train a model from the registry and save it in the trained-model store"
 EXAMPLES = """examples:
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   capsrobust train mnist --model em-capsnet --em-iterations 2   matrix capsules with EM routing
   capsrobust train mnist --resume                           continue the newest interrupted mnist run
   capsrobust train mnist --devices 2                        data parallel over two GPUs (or a CPU split in two)
+  capsrobust train mnist --conv-dtype bfloat16              convolutions in bfloat16: faster on AVX512_BF16 CPUs
   capsrobust train smallnorb --data-dir ~/data --model cnn-small --epochs 5
   capsrobust train mnist --model cnn-small --adversarial pgd --eps 0.3      Madry et al. (2018), PGD-7 in each step
   capsrobust train mnist --model capsnet-small --adversarial fgsm-rs --eps 0.3   Wong et al. (2020)
@@ -68,6 +70,10 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--devices", type=positive_int, help="devices for --strategy mirrored (default: all local)")
     optim.add_argument("--early-stopping", type=positive_int, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better validation accuracy")
+    optim.add_argument("--conv-dtype", choices=CONV_DTYPES, default="float32",
+                       help="the convolutions' compute dtype while training (default float32); bfloat16 trains "
+                            "1.4-1.6x faster on a CPU with AVX512_BF16; weights, routing and losses stay float32, "
+                            "and the stored model computes in float32")
     optim.add_argument("--val-size", type=non_negative_int, help="validation images held out from train "
                                                                  "(default: the last 5,000, or 1/12 of a small set)")
     optim.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
@@ -214,7 +220,7 @@ def settings_from_args(model_name: str, args: argparse.Namespace) -> "TrainSetti
                            learning_rate=args.lr, lr_decay=args.lr_decay, max_shift=args.shift,
                            adversarial=args.adversarial, eps_warmup=args.eps_warmup, seed=args.seed,
                            early_stopping=args.early_stopping, strategy=args.strategy, devices=args.devices,
-                           eps=args.eps, attack_steps=args.attack_steps, beta=args.beta)
+                           eps=args.eps, attack_steps=args.attack_steps, beta=args.beta, conv_dtype=args.conv_dtype)
 
 
 def _fit_config(model_name: str, overrides: dict, dataset) -> dict:

@@ -45,9 +45,11 @@ class PrimaryMatrixCapsules(keras.layers.Layer):
         self.activation_conv.build(input_shape)
 
     def call(self, features):
-        poses = self.pose_conv(features)
+        # The convolutions may compute in bfloat16 (`capsrobust.models.precision`); the capsules are float32.
+        poses, activations = (ops.cast(conv(features), self.compute_dtype)
+                              for conv in (self.pose_conv, self.activation_conv))
         height, width = poses.shape[1], poses.shape[2]
-        return ops.reshape(poses, (-1, height, width, self.types, POSE * POSE)), self.activation_conv(features)
+        return ops.reshape(poses, (-1, height, width, self.types, POSE * POSE)), activations
 
 
 class _RoutedCapsules(keras.layers.Layer):

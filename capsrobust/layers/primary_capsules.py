@@ -44,7 +44,7 @@ class PrimaryCapsules(keras.layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, inputs):
-        features = self.conv(inputs)
+        features = ops.cast(self.conv(inputs), self.compute_dtype)  # the convolution may compute in bfloat16
         height, width = features.shape[1], features.shape[2]
         capsules = ops.reshape(features, (-1, height * width * self.capsule_types, self.capsule_dim))
         return squash(capsules)

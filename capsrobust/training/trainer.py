@@ -12,6 +12,7 @@ import numpy as np
 from capsrobust.data import Dataset
 from capsrobust.errors import ConfigError, TrainingDiverged
 from capsrobust.models import CapsrobustModel, create_model
+from capsrobust.models.precision import CONV_DTYPES, compute_convolutions_in
 from capsrobust.training.adversarial import GUARD_IMAGES, AdversarialObjective, ThreatModel, check_pixel_range
 from capsrobust.training.augment import ShiftedBatches, share_of_batches
 from capsrobust.training.callbacks import (ROBUST_ACCURACY, EpochCheckpoint, InterruptRelay, MarginSchedule, NanGuard,
@@ -42,6 +43,8 @@ class TrainSettings:
         attack_steps: attack iterations per step (default: pgd and trades 7, fgsm-rs 1).
         beta: TRADES's weight of the KL term (default 6).
         eps_warmup: epochs over which eps rises linearly from 0 (default 0: none).
+        conv_dtype: the convolutions' compute dtype while training, one of `capsrobust.models.precision.CONV_DTYPES`
+            (weights and everything else stay float32; the trained model computes in float32).
     """
 
     epochs: int = 30
@@ -58,6 +61,7 @@ class TrainSettings:
     attack_steps: int | None = None
     beta: float | None = None
     eps_warmup: int | None = None
+    conv_dtype: str = "float32"
 
     def __post_init__(self):
         resolve_strategy(self.strategy, self.devices)
@@ -69,7 +73,8 @@ class TrainSettings:
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("learning_rate", 0 < self.learning_rate < 1), ("lr_decay", 0 < self.lr_decay <= 1),
                   ("max_shift", 0 <= self.max_shift <= 8), ("seed", self.seed >= 0),
-                  ("early_stopping", self.early_stopping is None or self.early_stopping >= 1)]
+                  ("early_stopping", self.early_stopping is None or self.early_stopping >= 1),
+                  ("conv_dtype", self.conv_dtype in CONV_DTYPES)]
         for name, ok in checks:
             value = getattr(self, name)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):
@@ -161,6 +166,7 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
     seed_everything(settings.seed)
     with scope(settings.strategy, settings.devices) as replicas:
         model = create_model(model_name, **model_config)
+        compute_convolutions_in(model, settings.conv_dtype)
         batches = ShiftedBatches(dataset.x_train, dataset.y_train, dataset.num_classes, settings.batch_size,
                                  settings.max_shift, settings.seed, crop=dataset.train_crop,
                                  multiple_of=batch_multiple(replicas), share=process_share())
@@ -183,9 +189,10 @@ def fit(model_name: str, model_config: dict, dataset: Dataset, settings: TrainSe
         state.stop_reason = state.stop_reason or f"completed {state.epoch} epochs"
         save_state(run_dir, state)
         model.load_weights(best_weights(run_dir, state))  # the optimizer too: harmless, the run is over
-    if process_share()[1] > 1:
-        # Its weights span every process's devices, and what it predicts would too (Keras cannot fetch that): the
-        # same weights in a model of this process alone, for the test-set evaluation and the store.
+    if process_share()[1] > 1 or settings.conv_dtype != "float32":
+        # Across processes, its weights span every process's devices, and what it predicts would too (Keras cannot
+        # fetch that); in mixed precision, its compiled functions compute convolutions in bfloat16. The same weights
+        # in a float32 model of this process alone, for the test-set evaluation and the store.
         model = create_model(model_name, **model_config)
         model.load_weights(best_weights(run_dir, state))
     images_per_second = state.epoch * len(dataset.x_train) / state.seconds if state.seconds else float("nan")
