@@ -69,3 +69,19 @@ def test_the_cli_offers_the_trainers_conv_dtypes():
     from capsrobust.cli.train import CONV_DTYPES as OFFERED
 
     assert OFFERED == CONV_DTYPES
+
+
+def test_the_flag_reaches_the_run_record_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    from capsrobust.cli import parse_args
+    from capsrobust.cli import train as train_command
+    from capsrobust.store import ModelStore
+
+    trained_with = []
+    monkeypatch.setattr(train_command, "_train_and_publish",  # stands in for an interrupted run
+                        lambda store, run_dir, spec, dataset, settings, quiet: trained_with.append(settings))
+    store = ModelStore(tmp_path)
+    args = parse_args(["train", "mnist", "--subset", "--model", "cnn-small", "--conv-dtype", "bfloat16"])
+    train_command.train_new(store, "mnist", "cnn-small", train_command.settings_from_args("cnn-small", args),
+                            subset=True, command="capsrobust train mnist --conv-dtype bfloat16")
+    train_command.resume_training(store, "mnist")
+    assert [settings.conv_dtype for settings in trained_with] == ["bfloat16", "bfloat16"]

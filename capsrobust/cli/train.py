@@ -72,7 +72,7 @@ def add_parser(subparsers) -> None:
                        help="stop after PATIENCE epochs without a better validation accuracy")
     optim.add_argument("--conv-dtype", choices=CONV_DTYPES, default="float32",
                        help="the convolutions' compute dtype while training (default float32); bfloat16 trains "
-                            "1.4-1.6x faster on a CPU with AVX512_BF16; weights, routing and losses stay float32, "
+                            "1.5-1.8x faster on a CPU with AVX512_BF16; weights, routing and losses stay float32, "
                             "and the stored model computes in float32")
     optim.add_argument("--val-size", type=non_negative_int, help="validation images held out from train "
                                                                  "(default: the last 5,000, or 1/12 of a small set)")

@@ -2,7 +2,7 @@
 in float32.
 
 Convolutions bound training on a CPU: 85% of the paper CapsNet's step is its primary capsules' 9x9 convolution
-(`benchmarks/test_training_profile.py`), and on a CPU with AVX512_BF16 oneDNN runs it, forward and backward, 1.8
+(`benchmarks/test_training_profile.py`), and on a CPU with AVX512_BF16 oneDNN runs it, forward and backward, about 1.8
 times as fast in bfloat16. Routing stays in float32: its sums over hundreds of votes and EM's log-domain Gaussians are
 written for float32, and they are not what bounds a step. The weights stay float32, so a checkpoint or store entry is
 the same either way, and evaluation runs in float32 (an attack's gradients are not rounded to 8 bits).
