@@ -125,3 +125,59 @@ def test_config_resolution_and_errors():
 def test_list_models_pattern():
     assert list_models("cnn-*") == ["cnn-baseline", "cnn-matched", "cnn-matched-recon", "cnn-recon", "cnn-small"]
     assert set(list_models(family="capsule")) >= {"capsnet", "capsnet-small", "efficient-capsnet"}
+
+
+# Models the cross-backend suites (test_backends_agree.py) do not load: each one's scores and loss gradient under
+# torch, from weights made here. A numpy constant added to a tensor that requires grad once failed under torch only.
+_SCORES_AND_GRADIENT = """
+import json
+
+import keras
+import numpy as np
+
+from capsrobust.models import SCORES, create_model
+
+weights = {weights!r}
+images = np.load({images!r})
+labels = keras.ops.one_hot(keras.ops.convert_to_tensor(np.arange(len(images)) % 10), 10)
+answer = {{}}
+for name, path in weights.items():
+    model = create_model(name)
+    model.load_weights(path)
+    import torch
+
+    inputs = torch.tensor(images, requires_grad=True)
+    scores = model(inputs)[SCORES]
+    model.classification_loss(labels, scores).sum().backward()
+    answer[name] = {{"scores": scores.detach().numpy().tolist(), "gradient": inputs.grad.numpy().tolist()}}
+print(json.dumps(answer))
+"""
+
+
+def test_the_matrix_capsule_and_efficient_capsnet_models_run_and_differentiate_under_torch(run_under_backend,
+                                                                                          mnist_subset, tmp_path):
+    images = mnist_subset.x_test[:4]
+    np.save(tmp_path / "images.npy", images)
+    weights, here = {}, {}
+    for name in ("em-capsnet-small", "efficient-capsnet"):
+        model = create_model(name)
+        weights[name] = str(tmp_path / f"{name}.weights.h5")
+        model.save_weights(weights[name])
+        inputs = tf.constant(images)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            scores = model(inputs)[SCORES]
+            loss = tf.reduce_sum(model.classification_loss(tf.one_hot(np.arange(4) % 10, 10), scores))
+        here[name] = (scores.numpy(), tape.gradient(loss, inputs).numpy())
+    output = run_under_backend("torch", _SCORES_AND_GRADIENT.format(weights=weights,
+                                                                   images=str(tmp_path / "images.npy")))
+    there = json.loads(output.strip().splitlines()[-1])
+    # EM routing amplifies float32 rounding: an untrained em-capsnet-small's activations differ by up to 1.8e-4 under
+    # torch and 1.1e-3 under JAX from TensorFlow's (1.2e-5 with TensorFlow's oneDNN kernels off), so its bound is wider.
+    # Its input gradient then differs by up to 0.6% of its largest entry (the EM kernel's own gradient is checked in
+    # float64 under every backend: test_routing_reference.py).
+    tolerance = {"em-capsnet-small": (5e-3, 2e-2), "efficient-capsnet": (1e-5, 1e-5)}  # scores, gradient share
+    for name, (scores, gradient) in here.items():
+        np.testing.assert_allclose(np.asarray(there[name]["scores"]), scores, atol=tolerance[name][0], err_msg=name)
+        np.testing.assert_allclose(np.asarray(there[name]["gradient"]), gradient,
+                                   atol=tolerance[name][1] * np.abs(gradient).max(), err_msg=name)

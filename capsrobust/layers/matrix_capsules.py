@@ -236,7 +236,9 @@ class ClassMatrixCapsules(_RoutedCapsules):
         child_poses = ops.reshape(poses, (-1, height, width, self.in_types, POSE, POSE))
         votes = ops.einsum("bhwtxy,tjyz->bhwtjxz", child_poses, self.transforms)
         votes = ops.reshape(votes, (-1, height * width, self.in_types, self.types, POSE * POSE))
-        votes = ops.reshape(votes + self._coordinates, (-1, height * width * self.in_types, self.types, POSE * POSE))
+        # `ops.add`, not `+`: under torch, `tensor + ndarray` lets numpy convert a tensor that requires grad, and fail.
+        votes = ops.reshape(ops.add(votes, ops.cast(self._coordinates, votes.dtype)),
+                            (-1, height * width * self.in_types, self.types, POSE * POSE))
         return votes, ops.reshape(activations, (-1, height * width * self.in_types))
 
     def route(self, votes, child_activations, iterations: int | None = None):
