@@ -154,6 +154,7 @@ print(json.dumps(answer))
 """
 
 
+@pytest.mark.slow
 def test_the_matrix_capsule_and_efficient_capsnet_models_run_and_differentiate_under_torch(run_under_backend,
                                                                                           mnist_subset, tmp_path):
     images = mnist_subset.x_test[:4]

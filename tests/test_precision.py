@@ -42,6 +42,7 @@ def test_only_the_convolutions_compute_in_bfloat16(name, convolutions, tolerance
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)[SCORES]), reference)
 
 
+@pytest.mark.slow
 def test_a_run_in_bfloat16_trains_differently_and_returns_a_float32_model(mnist_subset, tmp_path):
     data = dataclasses.replace(mnist_subset, x_train=mnist_subset.x_train[:256], y_train=mnist_subset.y_train[:256],
                                x_val=mnist_subset.x_val[:64], y_val=mnist_subset.y_val[:64])
