@@ -134,6 +134,7 @@ import json
 
 import keras
 import numpy as np
+import torch
 
 from capsrobust.models import SCORES, create_model
 
@@ -144,8 +145,6 @@ answer = {{}}
 for name, path in weights.items():
     model = create_model(name)
     model.load_weights(path)
-    import torch
-
     inputs = torch.tensor(images, requires_grad=True)
     scores = model(inputs)[SCORES]
     model.classification_loss(labels, scores).sum().backward()

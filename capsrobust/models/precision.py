@@ -10,8 +10,8 @@ the same either way, and evaluation runs in float32 (an attack's gradients are n
 
 import keras
 
-CONV_DTYPES = ("float32", "bfloat16")
-_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}  # `--conv-dtype` -> the convolutions' Keras policy
+CONV_DTYPES = tuple(_POLICIES)
 
 
 def compute_convolutions_in(model: keras.Layer, dtype: str) -> int:
