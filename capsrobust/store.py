@@ -18,6 +18,7 @@ code.
 import dataclasses
 import datetime
 import hashlib
+import math
 import os
 import re
 import secrets
@@ -103,6 +104,26 @@ class Entry:
 
 
 DEFENDED_SUFFIX = "-at"
+
+
+def preference(entry: Entry) -> tuple:
+    """How `ModelStore.resolve` ranks the entries one name could mean, best last.
+
+    Undefended entries rank by validation accuracy. Adversarially trained ones rank by the eps they were trained for,
+    then by the validation PGD-10 accuracy their run chose its epoch by: clean accuracy would pick a model whose
+    robustness collapsed, since catastrophic overfitting keeps (and often raises) clean accuracy. Ties go to the newer.
+    """
+    created = str(entry.card.get("created", ""))
+    if not is_defended(entry):
+        return (_number_or_lowest(entry.val_accuracy), created)
+    eps = entry.card["threat_model"].get("eps")
+    robust = _field(entry.card, "metrics", "val_pgd_accuracy")
+    return (_number_or_lowest(eps), _number_or_lowest(robust), created)
+
+
+def _number_or_lowest(value) -> float:
+    """`value` as a float for ranking; missing or NaN ranks below every number."""
+    return float(value) if _is_number(value) and not math.isnan(value) else -math.inf
 
 
 def model_and_defence(name: str) -> tuple[str, bool]:
@@ -303,8 +324,8 @@ class ModelStore:
         return Entry(path.name, path, card)
 
     def resolve(self, name: str, dataset: str | None = None, zoo_only: bool = False) -> Entry:
-        """An entry by id, or the best healthy entry of a registered model name (highest validation accuracy): the
-        user's own where there is one, else the zoo's.
+        """An entry by id, or the best healthy entry of a registered model name (see `preference`): the user's own
+        where there is one, else the zoo's.
 
         A plain name (`cnn-small`) picks among undefended entries, the name with `-at` (`cnn-small-at`) among the
         adversarially trained ones (cards with a `threat_model`), so that neither is ever taken for the other.
@@ -333,7 +354,7 @@ class ModelStore:
             where = "the zoo" if zoo_only else f"{self.models_dir} or the zoo"
             raise StoreError(f"no trained {name!r}{on} in {where}; train one with "
                              f"`capsrobust train {dataset or 'mnist'} --model {model}{how}`")
-        return max(candidates, key=lambda e: (e.val_accuracy, e.card.get("created", "")))
+        return max(candidates, key=preference)
 
     def load(self, entry: Entry):
         """Rebuilds the entry's model from the registry and loads its verified weights.

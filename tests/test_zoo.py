@@ -20,14 +20,16 @@ ZOO_LIMIT_BYTES = 40 * 2**20
 
 
 def _entry(store: ModelStore, name: str = "cnn-small", *, val_accuracy: float = 0.5, source: str = "/data/mnist",
-           sample: bool = True, threat_model: dict | None = None):
+           sample: bool = True, threat_model: dict | None = None, val_pgd_accuracy: float | None = None):
     """A published entry of an untrained `name` (the zoo's mechanics do not care how good the weights are)."""
     model = create_model(name)
     config = model_config(name)
     dataset = {"name": "mnist", "source": source}
     run_dir = store.new_run({"model": name, "config": config, "dataset": dataset,
-                             "settings": {"adversarial": "pgd" if threat_model else None}})
+                             "settings": {"adversarial": threat_model["method"] if threat_model else None}})
     metrics = {"val_accuracy": val_accuracy, "test_accuracy": val_accuracy, "test_images": 10_000}
+    if val_pgd_accuracy is not None:
+        metrics["val_pgd_accuracy"] = val_pgd_accuracy
     if sample:
         metrics.update(sample_accuracy=0.1, sample_images=1000)
     card = build_card(model_name=name, config=config, model=model, dataset=dataset, training={}, metrics=metrics,
@@ -65,6 +67,19 @@ def test_adversarially_trained_entries_answer_to_the_at_name_only(user_and_zoo):
     assert store.resolve("cnn-small-at").id == defended.id
     with pytest.raises(StoreError, match=r"no trained 'capsnet-small-at'.*--adversarial pgd"):
         store.resolve("capsnet-small-at")
+
+
+def test_an_at_name_picks_by_robustness_not_clean_accuracy(user_and_zoo):
+    # What a user meets: an FGSM-RS run that overfit catastrophically keeps a higher clean accuracy than a PGD run.
+    store, _ = user_and_zoo
+    robust = _entry(store, val_accuracy=0.984, threat_model=PGD, val_pgd_accuracy=0.94)
+    _entry(store, val_accuracy=0.987, val_pgd_accuracy=0.42,
+           threat_model={**PGD, "method": "fgsm-rs", "steps": 1, "step_size": 0.375})
+    assert store.resolve("cnn-small-at").id == robust.id
+    # A model trained for a larger eps is the more defended one, whatever its PGD-10 at its own eps says.
+    wider = _entry(store, val_accuracy=0.97, threat_model={**PGD, "eps": 0.4}, val_pgd_accuracy=0.6)
+    _entry(store, val_accuracy=0.99, threat_model={**PGD, "eps": 0.1}, val_pgd_accuracy=0.99)
+    assert store.resolve("cnn-small-at").id == wider.id
 
 
 def test_add_to_zoo_copies_byte_for_byte_and_refuses_what_it_cannot_check(user_and_zoo):

@@ -36,15 +36,17 @@ def add_parser(subparsers) -> None:
 def default_models(store, dataset: str) -> list:
     """The best healthy undefended entry of each family trained on `dataset`: the user's own, else the zoo's."""
     from capsrobust.errors import StoreError
-    from capsrobust.store import is_defended
+    from capsrobust.store import is_defended, preference
+
+    def rank(entry):
+        return (not entry.zoo, preference(entry))
 
     best = {}
     for entry in store.entries(zoo=True):
         if entry.problem or entry.dataset != dataset or is_defended(entry):
             continue
         family = entry.card.get("family", "?")
-        rank = (not entry.zoo, entry.val_accuracy)
-        if family not in best or rank > (not best[family].zoo, best[family].val_accuracy):
+        if family not in best or rank(entry) > rank(best[family]):
             best[family] = entry
     if not best:
         raise StoreError(f"no trained models on {dataset} in {store.models_dir} or the zoo; train some with "
