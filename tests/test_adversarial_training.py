@@ -115,6 +115,19 @@ def test_collapse_rule():
     assert collapsed(0.5, 0.2, num_classes=5) and not collapsed(0.3, 0.1, num_classes=5)
 
 
+def test_the_best_epoch_is_the_most_robust_and_of_equally_robust_ones_the_most_accurate(monkeypatch, tmp_path):
+    from capsrobust.training.callbacks import ROBUST_ACCURACY, EpochCheckpoint, NanGuard
+    from capsrobust.training.checkpoint import RunState
+
+    monkeypatch.setattr("capsrobust.training.callbacks.save_checkpoint", lambda *args: None)
+    state = RunState()
+    checkpoint = EpochCheckpoint(tmp_path, state, NanGuard(), monitor=ROBUST_ACCURACY)
+    readings = [(0.90, 0.9375), (0.80, 0.96), (0.95, 0.96), (0.94, 0.96)]  # (clean, PGD-10) after epochs 1-4
+    for epoch, (clean, robust) in enumerate(readings):
+        checkpoint.on_epoch_end(epoch, {"val_accuracy": clean, ROBUST_ACCURACY: robust})
+    assert (state.best_epoch, state.best_val_accuracy, state.best_val_robust_accuracy) == (3, 0.95, 0.96)
+
+
 def test_the_guard_stops_a_collapsing_run_and_keeps_the_best_epoch(mnist_subset, tmp_path, monkeypatch):
     """FGSM-RS training whose PGD accuracy reads 0.5, 0.6, then 0.05 (a constructed collapse): the run stops after
     epoch 3, says why, and ends with epoch 2's weights."""

@@ -99,7 +99,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         guard: the `NanGuard`; an epoch during which it tripped is not checkpointed.
         patience: stop when validation accuracy has not improved for this many epochs (None: never).
         monitor: the epoch log that picks the best epoch: `"val_accuracy"`, or `ROBUST_ACCURACY` for adversarial
-            training (Wong et al. 2020 keep the epoch of best PGD accuracy, as Rice et al. 2020 advise).
+            training (Wong et al. 2020 keep the epoch of best PGD accuracy, as Rice et al. 2020 advise; validation
+            accuracy breaks ties).
     """
 
     def __init__(self, run_dir, state: RunState, guard: NanGuard, patience: int | None = None,
@@ -125,9 +126,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state.history.append({"epoch": epoch + 1, **logs})
         val_accuracy = logs.get("val_accuracy", logs.get("accuracy", 0.0))
         if self.monitor == ROBUST_ACCURACY:
-            if logs.get(ROBUST_ACCURACY, -1.0) > state.best_val_robust_accuracy:
+            robust_accuracy = logs.get(ROBUST_ACCURACY, -1.0)
+            # The guard batch is small (256 images), so epochs often tie on it: of those, the more accurate is kept.
+            if (robust_accuracy, val_accuracy) > (state.best_val_robust_accuracy, state.best_val_accuracy):
                 state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
-                state.best_val_robust_accuracy = logs[ROBUST_ACCURACY]
+                state.best_val_robust_accuracy = robust_accuracy
         elif val_accuracy > state.best_val_accuracy:
             state.best_epoch, state.best_val_accuracy = epoch + 1, val_accuracy
         if self.patience is not None and state.epochs_since_best >= self.patience:
