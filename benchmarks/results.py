@@ -48,8 +48,18 @@ class Result:
 def machine() -> dict:
     import keras
 
-    return {"backend": keras.backend.backend(), "platform": platform.platform(), "processor": platform.processor(),
+    return {"backend": keras.backend.backend(), "platform": platform.platform(), "processor": processor(),
             "cpus": os.cpu_count(), "python": platform.python_version()}
+
+
+def processor() -> str:
+    """The CPU's model name: `platform.processor()` is empty on Linux, where `/proc/cpuinfo` says it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor()
 
 
 def new_run() -> str:
