@@ -1,6 +1,5 @@
 """Every Keras backend: `capsrobust backends`, and models trained under JAX or torch that load under TensorFlow."""
 
-import gc
 import importlib.metadata
 import json
 import os
@@ -93,9 +92,6 @@ def test_a_ctrl_c_that_keras_swallowed_is_raised_again():
     # A shell starts background jobs with SIGINT ignored (and the relay rightly leaves such a process alone); this
     # test is about a process that takes Ctrl-C, as an interactive `capsrobust train` does.
     inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    # With the collector off, the KeyboardInterrupt cannot land in a gc callback (hypothesis installs one), where
-    # Python would report it as unraisable instead of raising it into the `except` below.
-    gc.disable()
     try:
         relay = InterruptRelay()
         with relay.watching():
@@ -108,7 +104,6 @@ def test_a_ctrl_c_that_keras_swallowed_is_raised_again():
                 relay.on_train_batch_end(0)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        gc.enable()
         signal.signal(signal.SIGINT, inherited)
 
 
