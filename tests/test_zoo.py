@@ -16,7 +16,7 @@ from capsrobust.models.predict import accuracy
 from capsrobust.store import CARD_FILE, WEIGHTS_FILE, ZOO_DIR, ModelStore, add_to_zoo, sha256_of
 
 SHIPPED = ModelStore(zoo=ZOO_DIR).zoo_entries()
-ZOO_LIMIT_BYTES = 48 * 2**20
+ZOO_LIMIT_BYTES = 48 * 2**20  # the zoo ships inside the package; 12 models are 40.9 MB (4 December)
 
 
 def _entry(store: ModelStore, name: str = "cnn-small", *, val_accuracy: float = 0.5, source: str = "/data/mnist",
