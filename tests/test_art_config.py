@@ -13,7 +13,8 @@ def _run(code: str, home) -> subprocess.CompletedProcess:
 
 def test_importing_capsrobust_writes_the_file_art_would_write(tmp_path):
     ours, arts = tmp_path / "ours", tmp_path / "arts"
-    ours.mkdir(), arts.mkdir()
+    ours.mkdir()
+    arts.mkdir()
 
     before_art = _run("import capsrobust, os; print(os.path.exists(os.path.expanduser('~/.art/config.json')))", ours)
     assert before_art.returncode == 0, before_art.stderr
